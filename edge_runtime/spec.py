@@ -1,0 +1,181 @@
+"""The input/output specification that travels with every model, from training to the device."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ModelError
+
+#: Bump when a field changes meaning; the runtime refuses specs newer than it understands.
+SPEC_VERSION = 1
+
+#: Suffix of the JSON sidecar written next to the model files.
+SPEC_SUFFIX = ".spec.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to feed a model and read its output, in one frozen record.
+
+    Attributes:
+        name: Model family name, e.g. ``cxr_binary_128``; file names start with it.
+        task: ``binary``, ``etiology`` or ``covid``.
+        labels: Class names in output order.
+        input_height: Model input height in pixels.
+        input_width: Model input width in pixels.
+        channels: Number of input channels (3: the luminance replicated as R, G, B).
+        color_order: Channel order of the input tensor.
+        color_mode: How a decoded image becomes model channels. ``luminance``: converted to
+            8-bit grey (ITU-R 601-2 luma) and replicated into the three channels.
+        resize_mode: ``stretch``: resized to the input size without keeping the aspect ratio,
+            as the training images were.
+        interpolation: Resampling filter (Pillow name; antialiased when shrinking).
+        input_dtype: Dtype of the input tensor; pixels are fed as 0..255 integers.
+        pixel_range: Range of the fed pixels; scaling to [0, 1] happens inside the graph.
+        negative_label: The label meaning "no finding" (screening negative).
+        threshold: Screening threshold on the positive score (1 - P(negative_label)), chosen
+            on validation for high sensitivity.
+        threshold_rule: Human-readable description of how ``threshold`` was chosen.
+        spec_version: Format version of this record.
+        feature_map_shape: (h, w, c) of the last feature map used for the heatmap.
+        training: Provenance (data path, seed, command, commit, date).
+        files: File name -> sha256 of each exported artifact.
+    """
+
+    name: str
+    task: str
+    labels: tuple[str, ...]
+    input_height: int = 128
+    input_width: int = 128
+    channels: int = 3
+    color_order: str = "RGB"
+    color_mode: str = "luminance"
+    resize_mode: str = "stretch"
+    interpolation: str = "bilinear"
+    input_dtype: str = "uint8"
+    pixel_range: tuple[int, int] = (0, 255)
+    negative_label: str = "NORMAL"
+    threshold: float = 0.5
+    threshold_rule: str = "argmax (no threshold chosen yet)"
+    spec_version: int = SPEC_VERSION
+    feature_map_shape: tuple[int, int, int] | None = None
+    training: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    files: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if len(self.labels) < 2:
+            raise ModelError(f"spec {self.name!r}: needs at least two labels, got {list(self.labels)}")
+        if len(set(self.labels)) != len(self.labels):
+            raise ModelError(f"spec {self.name!r}: duplicate labels {list(self.labels)}")
+        if self.negative_label not in self.labels:
+            raise ModelError(
+                f"spec {self.name!r}: negative_label {self.negative_label!r} is not one of {list(self.labels)}"
+            )
+        if not 0.0 < self.threshold < 1.0:
+            raise ModelError(f"spec {self.name!r}: threshold must be in (0, 1), got {self.threshold}")
+        if self.channels != 3 or self.color_order != "RGB":
+            raise ModelError(f"spec {self.name!r}: only 3-channel RGB input is supported")
+        if self.color_mode != "luminance" or self.resize_mode != "stretch":
+            raise ModelError(
+                f"spec {self.name!r}: unsupported color_mode/resize_mode {self.color_mode}/{self.resize_mode}"
+            )
+        if self.spec_version > SPEC_VERSION:
+            raise ModelError(
+                f"spec {self.name!r} has version {self.spec_version}; this runtime reads up to "
+                f"{SPEC_VERSION}: upgrade cxr-edge"
+            )
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) of the model input."""
+        return (self.input_height, self.input_width)
+
+    @property
+    def negative_index(self) -> int:
+        return self.labels.index(self.negative_label)
+
+    @property
+    def positive_labels(self) -> tuple[str, ...]:
+        return tuple(label for label in self.labels if label != self.negative_label)
+
+    def replace(self, **changes) -> "ModelSpec":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["labels"] = list(self.labels)
+        data["pixel_range"] = list(self.pixel_range)
+        data["feature_map_shape"] = list(self.feature_map_shape) if self.feature_map_shape else None
+        data["training"] = dict(self.training)
+        data["files"] = dict(self.files)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ModelSpec":
+        if not isinstance(data, Mapping):
+            raise ModelError(f"model spec must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        missing = [k for k in ("name", "task", "labels") if k not in data]
+        if missing:
+            raise ModelError(f"model spec is missing {missing}")
+        kwargs = {k: v for k, v in data.items() if k in known}
+        kwargs["labels"] = tuple(kwargs["labels"])
+        if "pixel_range" in kwargs:
+            kwargs["pixel_range"] = tuple(kwargs["pixel_range"])
+        if kwargs.get("feature_map_shape"):
+            kwargs["feature_map_shape"] = tuple(kwargs["feature_map_shape"])
+        try:
+            return cls(**kwargs)
+        except TypeError as err:
+            raise ModelError(f"model spec has invalid fields: {err}") from err
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ModelSpec":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as err:
+            raise ModelError(f"model spec not found: {path}") from err
+        except (OSError, ValueError) as err:
+            raise ModelError(f"model spec {path} is not valid JSON: {err}") from err
+        return cls.from_dict(data)
+
+
+def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def find_spec_for_model(model_path: str | Path) -> Path:
+    """Find the spec sidecar that lists ``model_path`` in its ``files``.
+
+    Raises:
+        ModelError: when no spec in the model's folder lists the file.
+    """
+    model_path = Path(model_path)
+    candidates = sorted(model_path.parent.glob("*" + SPEC_SUFFIX))
+    for candidate in candidates:
+        try:
+            data = json.loads(candidate.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and model_path.name in (data.get("files") or {}):
+            return candidate
+    raise ModelError(
+        f"no model spec lists {model_path.name!r} in {model_path.parent} (looked at "
+        f"{[c.name for c in candidates] or 'no *' + SPEC_SUFFIX + ' files'}); the runtime refuses a "
+        "model without its spec: export it with `python -m export` or pass spec_path"
+    )

@@ -1,0 +1,369 @@
+"""Folder-per-class data for the three tasks: class maps, patient/duplicate grouping, cache, split."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from edge_runtime.errors import CxrError
+from edge_runtime.imaging import preprocess
+from edge_runtime.spec import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".webp")
+
+
+class DataError(CxrError):
+    """The data folder does not hold what the task needs."""
+
+    code = "data_error"
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Where one class draws images from: a folder below the data root, optionally filtered."""
+
+    folder: str
+    name_pattern: str | None = None  # regex searched in the file name
+
+    def matches(self, filename: str) -> bool:
+        return self.name_pattern is None or re.search(self.name_pattern, filename) is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """A class map: each label draws on one or more sources below a data root."""
+
+    name: str
+    classes: dict  # label -> tuple[Source, ...], in output order
+    default_data: str  # relative to the shared data folder
+    description: str = ""
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self.classes)
+
+
+TASKS: dict[str, Task] = {
+    "binary": Task(
+        "binary",
+        {"NORMAL": (Source("NORMAL"),), "PNEUMONIA": (Source("PNEUMONIA"),)},
+        "chest_xray/train",
+        "NORMAL vs PNEUMONIA (Kermany pediatric)",
+    ),
+    "etiology": Task(
+        "etiology",
+        {
+            "NORMAL": (Source("NORMAL"),),
+            "BACTERIAL": (Source("PNEUMONIA", r"_bacteria_"),),
+            "VIRAL": (Source("PNEUMONIA", r"_virus_"),),
+        },
+        "chest_xray/train",
+        "NORMAL / BACTERIAL / VIRAL pneumonia (Kermany pediatric; etiology from file names)",
+    ),
+    "covid": Task(
+        "covid",
+        {
+            "COVID19": (Source("covid19/COVID19"),),
+            "NORMAL": (Source("chest_xray/train/NORMAL"), Source("covid19/NORMAL_ADULT")),
+            "PNEUMONIA": (Source("chest_xray/train/PNEUMONIA"),),
+        },
+        ".",
+        "COVID-19 / NORMAL / PNEUMONIA (COVID-19 Radiography Database + Kermany; adult normals mixed in)",
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    path: str  # absolute
+    relpath: str  # relative to the data root: the key saved in splits
+    label: int
+    patient: str  # patient/study key from the file name (or the file itself)
+
+
+@dataclasses.dataclass
+class Dataset:
+    """Samples of one task, their decoded pixels and duplicate-aware groups."""
+
+    task: Task
+    root: Path
+    samples: list
+    images: np.ndarray  # (N, H, W) uint8 luminance at the model size
+    groups: np.ndarray  # (N,) int group id: same patient or near-duplicate -> same id
+    skipped: list  # (relpath, reason) of unreadable files
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([s.label for s in self.samples], dtype=np.int64)
+
+    def rgb(self, indices: Sequence[int] | None = None) -> np.ndarray:
+        """(N, H, W, 3) uint8 model inputs, the luminance replicated as prepare_input does."""
+        planes = self.images if indices is None else self.images[np.asarray(indices)]
+        return np.repeat(planes[..., None], 3, axis=-1)
+
+
+_PATIENT_PATTERNS = (
+    re.compile(r"^(person\d+)_"),  # Kermany pneumonia: person123_bacteria_45.jpeg
+    re.compile(r"^((?:NORMAL2-)?IM-\d+)-"),  # Kermany normal: IM-0115-0001.jpeg / NORMAL2-IM-...
+)
+
+
+def patient_key(source_folder: str, filename: str) -> str:
+    """Patient/study key parsed from a file name; the file itself when the name carries none."""
+    for pattern in _PATIENT_PATTERNS:
+        match = pattern.match(filename)
+        if match:
+            return f"{source_folder}:{match.group(1)}"
+    return f"{source_folder}:{filename}"
+
+
+def list_samples(root: str | Path, task: Task) -> list[Sample]:
+    """Every image file of ``task`` below ``root``, in a deterministic order.
+
+    Raises:
+        DataError: a source folder is missing or a class ends up with no image.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist")
+    samples: list[Sample] = []
+    for label_index, (label, sources) in enumerate(task.classes.items()):
+        count = 0
+        for source in sources:
+            folder = root / source.folder
+            if not folder.is_dir():
+                present = sorted(p.name for p in root.iterdir() if p.is_dir())
+                raise DataError(
+                    f"task {task.name!r}: class {label!r} needs folder {folder}, which does not exist "
+                    f"(folders in {root}: {present}); for this task pass the data root that holds "
+                    f"{[s.folder for ss in task.classes.values() for s in ss]}"
+                )
+            for path in sorted(folder.iterdir()):
+                if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+                    continue
+                if not source.matches(path.name):
+                    continue
+                samples.append(Sample(
+                    path=str(path.resolve()),
+                    relpath=path.relative_to(root).as_posix(),
+                    label=label_index,
+                    patient=patient_key(source.folder, path.name),
+                ))
+                count += 1
+        if count == 0:
+            raise DataError(
+                f"task {task.name!r}: found 0 images for class {label!r} in "
+                f"{[str(root / s.folder) for s in sources]} (suffixes {IMAGE_SUFFIXES})"
+            )
+    return samples
+
+
+def _decode_one(args):
+    path, spec_dict = args
+    spec = ModelSpec.from_dict(spec_dict)
+    try:
+        return preprocess(path, spec)[:, :, 0], None
+    except CxrError as err:
+        return None, str(err)
+
+
+def _cache_key(samples: Sequence[Sample], spec: ModelSpec) -> str:
+    digest = hashlib.sha256()
+    digest.update(f"{spec.input_size}{spec.interpolation}{spec.color_mode}{spec.resize_mode}v1".encode())
+    for sample in samples:
+        stat = os.stat(sample.path)
+        digest.update(f"{sample.path}|{stat.st_size}|{int(stat.st_mtime)}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "cxr-edge"
+
+
+def decode_samples(
+    samples: Sequence[Sample],
+    spec: ModelSpec,
+    cache_dir: str | Path | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+    """Decode every sample once through the runtime's own :func:`preprocess`, cached on disk.
+
+    Returns:
+        (planes (N_ok, H, W) uint8, indices of the decoded samples, [(relpath, reason)] skipped).
+    """
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache_file = cache_dir / f"decoded-{_cache_key(samples, spec)}.npz"
+    if cache_file.exists():
+        with np.load(cache_file, allow_pickle=False) as cached:
+            skipped = [tuple(x) for x in json.loads(str(cached["skipped"]))]
+            logger.info("loaded %d decoded images from cache %s", len(cached["ok"]), cache_file)
+            return cached["images"], cached["ok"].tolist(), skipped
+    spec_dict = spec.to_dict()
+    jobs = [(s.path, spec_dict) for s in samples]
+    workers = workers or min(4, os.cpu_count() or 1)
+    planes, ok, skipped = [], [], []
+    iterator: Iterable
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        iterator = pool.map(_decode_one, jobs, chunksize=32)
+        if progress:
+            from tqdm import tqdm
+
+            iterator = tqdm(iterator, total=len(jobs), desc="decoding", unit="img")
+        for index, (plane, error) in enumerate(iterator):
+            if plane is None:
+                logger.warning("skipping unreadable %s: %s", samples[index].relpath, error)
+                skipped.append((samples[index].relpath, error))
+            else:
+                planes.append(plane)
+                ok.append(index)
+    h, w = spec.input_size
+    images = np.stack(planes) if planes else np.zeros((0, h, w), np.uint8)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(".tmp.npz")
+    np.savez(tmp, images=images, ok=np.array(ok, dtype=np.int64), skipped=json.dumps(skipped))
+    os.replace(tmp, cache_file)
+    return images, ok, skipped
+
+
+def thumbnails(planes: np.ndarray, size: int = 16) -> np.ndarray:
+    """Zero-mean, unit-norm ``size``x``size`` box thumbnails of (N, H, W) planes, as (N, size*size)."""
+    from PIL import Image
+
+    thumbs = np.stack([
+        np.asarray(Image.fromarray(plane).resize((size, size), Image.Resampling.BOX), np.float32).ravel()
+        for plane in planes
+    ]) if len(planes) else np.zeros((0, size * size), np.float32)
+    thumbs -= thumbs.mean(axis=1, keepdims=True)
+    thumbs /= np.linalg.norm(thumbs, axis=1, keepdims=True) + 1e-6
+    return thumbs
+
+
+class _UnionFind:
+    def __init__(self, n: int):
+        self.parent = np.arange(n)
+
+    def find(self, i: int) -> int:
+        root = i
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[i] != root:
+            self.parent[i], i = root, self.parent[i]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def group_samples(samples: Sequence[Sample], planes: np.ndarray, min_correlation: float = 0.99) -> np.ndarray:
+    """Group ids joining images of one patient and exact or near duplicates (thumbnail correlation).
+
+    Returns:
+        (N,) int64 array; two samples share an id iff a chain of same-patient or
+        near-duplicate links joins them.
+    """
+    n = len(samples)
+    uf = _UnionFind(n)
+    first_of_patient: dict[str, int] = {}
+    for i, sample in enumerate(samples):
+        j = first_of_patient.setdefault(sample.patient, i)
+        if j != i:
+            uf.union(i, j)
+    exact: dict[bytes, int] = {}
+    for i, plane in enumerate(planes):
+        key = hashlib.sha1(plane.tobytes()).digest()
+        j = exact.setdefault(key, i)
+        if j != i:
+            uf.union(i, j)
+    # Near duplicates (the same radiograph re-published, re-encoded or re-windowed): correlation
+    # of 16x16 thumbnails. On the shared data the distribution has a plateau between 0.99 and
+    # 0.999 (50 Kermany images, ~470 COVID-19 images) and rises fast below 0.98, where distinct
+    # but similar-looking radiographs begin; 0.99 sits on the plateau.
+    thumbs = thumbnails(planes)
+    chunk = 2048
+    for start in range(0, n, chunk):
+        corr = thumbs[start:start + chunk] @ thumbs.T
+        rows, cols = np.nonzero(corr >= min_correlation)
+        for r, c in zip(rows + start, cols):
+            if c > r:
+                uf.union(int(r), int(c))
+    roots = np.array([uf.find(i) for i in range(n)])
+    _, ids = np.unique(roots, return_inverse=True)
+    return ids.astype(np.int64)
+
+
+def load_dataset(
+    root: str | Path,
+    task: Task,
+    spec: ModelSpec,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> Dataset:
+    """List, decode (cached) and group every image of ``task`` under ``root``."""
+    samples = list_samples(root, task)
+    planes, ok, skipped = decode_samples(samples, spec, cache_dir=cache_dir, progress=progress)
+    kept = [samples[i] for i in ok]
+    if skipped:
+        logger.warning("%d of %d files could not be read and were skipped", len(skipped), len(samples))
+    for label_index, label in enumerate(task.labels):
+        if not any(s.label == label_index for s in kept):
+            raise DataError(f"task {task.name!r}: every image of class {label!r} was unreadable")
+    groups = group_samples(kept, planes)
+    return Dataset(task=task, root=Path(root), samples=kept, images=planes, groups=groups, skipped=skipped)
+
+
+def split_indices(dataset: Dataset, val_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified split with every group wholly on one side (scikit-learn StratifiedGroupKFold)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if not 0.0 < val_fraction < 0.5:
+        raise DataError(f"val_fraction must be in (0, 0.5), got {val_fraction}")
+    n_splits = max(2, int(round(1.0 / val_fraction)))
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    train, val = next(folds.split(np.zeros(len(dataset.samples)), dataset.labels, dataset.groups))
+    return np.sort(train), np.sort(val)
+
+
+def save_split(path: str | Path, dataset: Dataset, train: np.ndarray, val: np.ndarray, seed: int) -> Path:
+    path = Path(path)
+    payload = {
+        "task": dataset.task.name,
+        "seed": seed,
+        "labels": list(dataset.task.labels),
+        "train": [dataset.samples[i].relpath for i in train],
+        "val": [dataset.samples[i].relpath for i in val],
+    }
+    path.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def load_split(path: str | Path, dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a saved split in ``dataset``; files it names that are missing are an error."""
+    payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    index = {s.relpath: i for i, s in enumerate(dataset.samples)}
+    missing = [p for p in payload["train"] + payload["val"] if p not in index]
+    if missing:
+        raise DataError(f"split {path} names {len(missing)} files not in {dataset.root}, e.g. {missing[:3]}")
+    return (np.array(sorted(index[p] for p in payload["train"]), dtype=np.int64),
+            np.array(sorted(index[p] for p in payload["val"]), dtype=np.int64))
+
+
+def check_no_leak(dataset: Dataset, train: np.ndarray, val: np.ndarray) -> None:
+    """Raise DataError when a group (patient or duplicate) sits on both sides."""
+    shared = set(dataset.groups[train].tolist()) & set(dataset.groups[val].tolist())
+    if shared:
+        raise DataError(f"split leaks {len(shared)} patient/duplicate groups between train and validation")

@@ -1,0 +1,129 @@
+"""Screening metrics for NORMAL-vs-abnormal decisions and multi-class reports (scikit-learn)."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn import metrics as skm
+
+from edge_runtime.spec import ModelSpec
+
+
+def positive_score(probs: np.ndarray, negative_index: int) -> np.ndarray:
+    """Screening score: probability that the image is not the negative (NORMAL) class."""
+    return 1.0 - np.asarray(probs, dtype=np.float64)[:, negative_index]
+
+
+def decide(probs: np.ndarray, negative_index: int, threshold: float) -> np.ndarray:
+    """Predicted class per row: NORMAL below ``threshold``, else the likeliest abnormal class.
+
+    The same rule as the edge runtime's ``Classifier``: with two classes and threshold 0.5 it is
+    the argmax.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    masked = probs.copy()
+    masked[:, negative_index] = -np.inf
+    abnormal = masked.argmax(axis=1)
+    return np.where(positive_score(probs, negative_index) >= threshold, abnormal, negative_index)
+
+
+def choose_threshold(y_true: np.ndarray, probs: np.ndarray, negative_index: int,
+                     min_sensitivity: float = 0.95) -> float:
+    """Largest threshold whose sensitivity (abnormal detected as abnormal) is >= ``min_sensitivity``.
+
+    The largest such threshold gives the best specificity at that sensitivity.
+    """
+    positive = (np.asarray(y_true) != negative_index).astype(int)
+    score = positive_score(probs, negative_index)
+    if positive.min() == positive.max():
+        raise ValueError("choose_threshold needs both normal and abnormal examples")
+    fpr, tpr, thresholds = skm.roc_curve(positive, score)
+    ok = np.nonzero(tpr >= min_sensitivity)[0]
+    threshold = float(thresholds[ok[0]])
+    # roc_curve's first threshold is +inf; keep the threshold inside (0, 1) for the spec.
+    return float(np.clip(threshold, 1e-4, 1 - 1e-4))
+
+
+def bootstrap_auc(positive: np.ndarray, score: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                  alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile bootstrap (1 - alpha) interval of the ROC AUC, resampling images."""
+    rng = np.random.default_rng(seed)
+    n = len(positive)
+    values = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        if positive[idx].min() == positive[idx].max():
+            continue
+        values.append(skm.roc_auc_score(positive[idx], score[idx]))
+    if not values:
+        return float("nan"), float("nan")
+    low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
+
+
+def _safe_div(num: float, den: float) -> float:
+    return float(num) / float(den) if den else float("nan")
+
+
+def binary_metrics(positive: np.ndarray, predicted_positive: np.ndarray) -> dict:
+    """Sensitivity, specificity, PPV, NPV, F1 and accuracy of a positive/negative decision."""
+    tn, fp, fn, tp = skm.confusion_matrix(positive, predicted_positive, labels=[0, 1]).ravel()
+    sensitivity = _safe_div(tp, tp + fn)
+    ppv = _safe_div(tp, tp + fp)
+    return {
+        "tp": int(tp), "fp": int(fp), "tn": int(tn), "fn": int(fn),
+        "accuracy": _safe_div(tp + tn, tp + tn + fp + fn),
+        "sensitivity": sensitivity,
+        "specificity": _safe_div(tn, tn + fp),
+        "ppv": ppv,
+        "npv": _safe_div(tn, tn + fn),
+        "f1": _safe_div(2 * ppv * sensitivity, ppv + sensitivity) if ppv == ppv and sensitivity == sensitivity else float("nan"),
+    }
+
+
+def evaluate_predictions(y_true: np.ndarray, probs: np.ndarray, spec: ModelSpec,
+                         threshold: float | None = None, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Every metric the reports show, at the spec's threshold and at 0.5.
+
+    Args:
+        y_true: (N,) class indices in ``spec.labels`` order.
+        probs: (N, C) probabilities.
+        spec: Gives labels, the negative class and the shipped threshold.
+        threshold: Overrides ``spec.threshold``.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = list(spec.labels)
+    neg = spec.negative_index
+    threshold = spec.threshold if threshold is None else float(threshold)
+    positive = (y_true != neg).astype(int)
+    score = positive_score(probs, neg)
+    both = positive.min() != positive.max()
+    auc = float(skm.roc_auc_score(positive, score)) if both else float("nan")
+    low, high = bootstrap_auc(positive, score, n_boot=n_boot, seed=seed) if both else (float("nan"),) * 2
+    result = {
+        "n": int(len(y_true)),
+        "labels": labels,
+        "class_counts": {labels[i]: int((y_true == i).sum()) for i in range(len(labels))},
+        "screening": {
+            "positive_means": f"not {spec.negative_label} (score = 1 - P({spec.negative_label}))",
+            "roc_auc": auc,
+            "roc_auc_ci95": [low, high],
+        },
+    }
+    for name, thr in (("at_threshold", threshold), ("at_0.5", 0.5)):
+        predicted = decide(probs, neg, thr)
+        block = {"threshold": thr}
+        block.update(binary_metrics(positive, (predicted != neg).astype(int)))
+        block["multiclass_accuracy"] = float(np.mean(predicted == y_true))
+        block["confusion_matrix"] = skm.confusion_matrix(y_true, predicted, labels=range(len(labels))).tolist()
+        block["classification_report"] = skm.classification_report(
+            y_true, predicted, labels=range(len(labels)), target_names=labels, output_dict=True, zero_division=0)
+        result["screening"][name] = block
+    if len(labels) > 2:
+        per_class = {}
+        for i, label in enumerate(labels):
+            one = (y_true == i).astype(int)
+            per_class[label] = float(skm.roc_auc_score(one, probs[:, i])) if one.min() != one.max() else float("nan")
+        result["one_vs_rest_auc"] = per_class
+        result["macro_auc"] = float(np.nanmean(list(per_class.values())))
+    return result

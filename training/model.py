@@ -1,0 +1,66 @@
+"""A compact CNN for chest X-rays, trained from scratch: GAP + one dense softmax for exact CAM."""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+#: Name of the last feature map; CAM and Grad-CAM read it.
+FEATURE_LAYER = "features"
+#: Name of the dense softmax layer whose weights turn the feature map into a CAM.
+CLASSIFIER_LAYER = "classifier"
+
+#: (filters, stride) of the depthwise-separable blocks after the stem, for width 1.0.
+BLOCKS = ((32, 1), (48, 2), (48, 1), (64, 2), (64, 1), (128, 2), (128, 1), (128, 1))
+
+
+def _scaled(filters: int, width: float) -> int:
+    return max(8, int(round(filters * width / 8)) * 8)
+
+
+def build_model(
+    num_classes: int,
+    input_size: tuple[int, int] = (128, 128),
+    width: float = 1.0,
+    dropout: float = 0.3,
+    weight_decay: float = 1e-4,
+) -> keras.Model:
+    """Build the classifier.
+
+    The input is 3-channel uint8 (0..255); scaling to [0, 1] is the first layer, so an
+    exported file needs no outside normalisation. Depthwise-separable blocks (as in
+    MobileNet) keep it small and fast on a Pi; ReLU6 keeps activations in a range that
+    quantizes well. The last block is the feature map named :data:`FEATURE_LAYER`, followed by
+    global average pooling and a single dense softmax (:data:`CLASSIFIER_LAYER`), so CAM from
+    the feature map and the dense weights equals Grad-CAM exactly.
+
+    Args:
+        num_classes: Number of output classes.
+        input_size: (height, width) of the input.
+        width: Multiplier on every block's filter count.
+        dropout: Dropout rate before the classifier.
+        weight_decay: L2 penalty on convolution and dense kernels.
+    """
+    reg = keras.regularizers.L2(weight_decay) if weight_decay else None
+    inputs = keras.Input(shape=(*input_size, 3), dtype="uint8", name="image")
+    x = layers.Rescaling(1.0 / 255.0, name="scale")(inputs)
+    x = layers.Conv2D(_scaled(16, width), 3, strides=2, padding="same", use_bias=False,
+                      kernel_regularizer=reg, name="stem_conv")(x)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.ReLU(6.0, name="stem_relu")(x)
+    last = len(BLOCKS) - 1
+    for index, (filters, stride) in enumerate(BLOCKS):
+        prefix = f"block{index}"
+        x = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False,
+                                   name=f"{prefix}_dw")(x)
+        x = layers.BatchNormalization(name=f"{prefix}_dw_bn")(x)
+        x = layers.ReLU(6.0, name=f"{prefix}_dw_relu")(x)
+        x = layers.Conv2D(_scaled(filters, width), 1, use_bias=False, kernel_regularizer=reg,
+                          name=f"{prefix}_pw")(x)
+        x = layers.BatchNormalization(name=f"{prefix}_pw_bn")(x)
+        x = layers.ReLU(6.0, name=FEATURE_LAYER if index == last else f"{prefix}_pw_relu")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", kernel_regularizer=reg,
+                           name=CLASSIFIER_LAYER)(x)
+    return keras.Model(inputs, outputs, name="cxr_net")
