@@ -120,7 +120,7 @@ def _pil_to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def load_image(source: ImageSource, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def load_image(source: ImageSource, *, max_pixels: int = MAX_PIXELS, name: str | None = None) -> np.ndarray:
     """Decode an image file, bytes, stream or array into an ``(H, W, 3)`` RGB uint8 array.
 
     Handles JPEG, PNG (8/16-bit), BMP, TIFF, WebP and DICOM (sniffed by its magic bytes, read
@@ -130,6 +130,7 @@ def load_image(source: ImageSource, *, max_pixels: int = MAX_PIXELS) -> np.ndarr
     Args:
         source: Path, bytes, binary stream, or an already-decoded array (H, W) / (H, W, 3|4).
         max_pixels: Refuse images declaring more pixels than this (decompression bombs).
+        name: How error messages name the input (default: its path, or ``<bytes>``).
 
     Returns:
         ``np.ndarray`` of shape (H, W, 3), dtype uint8, RGB order.
@@ -140,8 +141,9 @@ def load_image(source: ImageSource, *, max_pixels: int = MAX_PIXELS) -> np.ndarr
             :class:`ImageTooSmallError`).
     """
     if isinstance(source, np.ndarray):
-        return _array_to_rgb(source, "<array>", max_pixels)
-    data, name = read_bytes(source)
+        return _array_to_rgb(source, name or "<array>", max_pixels)
+    data, source_name = read_bytes(source)
+    name = name or source_name
     if is_dicom(data):
         from .dicom import decode_dicom  # optional dependency, imported only for DICOM
 

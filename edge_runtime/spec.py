@@ -42,6 +42,8 @@ class ModelSpec:
         threshold_rule: Human-readable description of how ``threshold`` was chosen.
         spec_version: Format version of this record.
         feature_map_shape: (h, w, c) of the last feature map used for the heatmap.
+        cam_weights: (c, num_classes) kernel of the dense softmax layer: CAM_k = sum_c F_c W_ck.
+        cam_bias: (num_classes,) bias of that layer (kept for completeness; CAM ignores it).
         training: Provenance (data path, seed, command, commit, date).
         files: File name -> sha256 of each exported artifact.
     """
@@ -63,6 +65,8 @@ class ModelSpec:
     threshold_rule: str = "argmax (no threshold chosen yet)"
     spec_version: int = SPEC_VERSION
     feature_map_shape: tuple[int, int, int] | None = None
+    cam_weights: tuple[tuple[float, ...], ...] | None = None
+    cam_bias: tuple[float, ...] | None = None
     training: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     files: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
@@ -110,6 +114,8 @@ class ModelSpec:
         data["labels"] = list(self.labels)
         data["pixel_range"] = list(self.pixel_range)
         data["feature_map_shape"] = list(self.feature_map_shape) if self.feature_map_shape else None
+        data["cam_weights"] = [list(row) for row in self.cam_weights] if self.cam_weights else None
+        data["cam_bias"] = list(self.cam_bias) if self.cam_bias else None
         data["training"] = dict(self.training)
         data["files"] = dict(self.files)
         return data
@@ -128,6 +134,10 @@ class ModelSpec:
             kwargs["pixel_range"] = tuple(kwargs["pixel_range"])
         if kwargs.get("feature_map_shape"):
             kwargs["feature_map_shape"] = tuple(kwargs["feature_map_shape"])
+        if kwargs.get("cam_weights"):
+            kwargs["cam_weights"] = tuple(tuple(float(v) for v in row) for row in kwargs["cam_weights"])
+        if kwargs.get("cam_bias"):
+            kwargs["cam_bias"] = tuple(float(v) for v in kwargs["cam_bias"])
         try:
             return cls(**kwargs)
         except TypeError as err:

@@ -333,6 +333,10 @@ def split_indices(dataset: Dataset, val_fraction: float = 0.2, seed: int = 0) ->
     if not 0.0 < val_fraction < 0.5:
         raise DataError(f"val_fraction must be in (0, 0.5), got {val_fraction}")
     n_splits = max(2, int(round(1.0 / val_fraction)))
+    n_groups = len(np.unique(dataset.groups))
+    if n_groups < n_splits:
+        raise DataError(f"only {n_groups} patient/duplicate groups in {dataset.root}; a validation fraction of "
+                        f"{val_fraction} needs at least {n_splits}")
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     train, val = next(folds.split(np.zeros(len(dataset.samples)), dataset.labels, dataset.groups))
     return np.sort(train), np.sort(val)

@@ -36,7 +36,7 @@ def choose_threshold(y_true: np.ndarray, probs: np.ndarray, negative_index: int,
     score = positive_score(probs, negative_index)
     if positive.min() == positive.max():
         raise ValueError("choose_threshold needs both normal and abnormal examples")
-    fpr, tpr, thresholds = skm.roc_curve(positive, score)
+    fpr, tpr, thresholds = skm.roc_curve(positive, score, drop_intermediate=False)
     ok = np.nonzero(tpr >= min_sensitivity)[0]
     threshold = float(thresholds[ok[0]])
     # roc_curve's first threshold is +inf; keep the threshold inside (0, 1) for the spec.

@@ -1,0 +1,387 @@
+"""JSON API v1: classify, health, models and history (described by openapi.json, served here)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import platform
+import re
+import threading
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request, send_file, url_for
+
+from ..cam import colorize, encode_png, fit_within, upsample
+from ..errors import (
+    ImageTooLargeError,
+    InvalidImageError,
+    NotChestXrayError,
+    RuntimeUnavailableError,
+    UnsupportedFormatError,
+)
+from ..imaging import is_dicom
+from .app import ApiError, get_state
+from .models import UnknownModelError
+from .report import NOTICE, render_report
+from .store import PREVIEW_SIDE, encode_jpeg
+
+logger = logging.getLogger(__name__)
+
+api = Blueprint("api", __name__, url_prefix="/api/v1")
+
+_OPENAPI = Path(__file__).resolve().parent / "openapi.json"
+_LABEL = re.compile(r"^[A-Za-z0-9_ .+-]{1,64}$")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+#: Largest number of rows one history request returns.
+MAX_HISTORY_LIMIT = 500
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The accepted format of ``data`` from its first bytes: ``jpeg``, ``png``, ``dicom`` or None.
+
+    The file name and the declared Content-Type are never trusted. Other formats Pillow could
+    open (TIFF, BMP, WebP ...) are refused on purpose: fewer decoders, smaller attack surface.
+    """
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if is_dicom(data):
+        return "dicom"
+    return None
+
+
+def _flag(name: str, default: bool = False) -> bool:
+    raw = request.form.get(name, request.args.get(name))
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ApiError(400, "invalid_parameter", f"{name} must be true or false")
+
+
+def _clean_message(err: Exception) -> str:
+    # Messages name the input "<bytes>" when it came from memory; drop that prefix for clients.
+    message = str(err)
+    return message[len("<bytes>: "):] if message.startswith("<bytes>: ") else message
+
+
+def _image_json(media_type: str, data: bytes, width: int, height: int) -> dict:
+    return {"media_type": media_type, "encoding": "base64", "width": int(width), "height": int(height),
+            "data": base64.b64encode(data).decode("ascii")}
+
+
+def _threshold_rule(negative_label: str, threshold: float) -> str:
+    return (f"score = 1 - P({negative_label}); a score at or above {threshold:.3f} means "
+            "screening positive: refer to a clinician")
+
+
+@api.post("/classify")
+def classify() -> Response:
+    """Classify one uploaded image (multipart field ``file``)."""
+    state = get_state()
+    upload = request.files.get("file")
+    if upload is None:
+        raise ApiError(400, "missing_file", "send the image as a multipart/form-data field named 'file'")
+    want_heatmap = _flag("heatmap")
+    want_preview = _flag("preview")
+    try:
+        entry = state.registry.get((request.form.get("model") or request.args.get("model") or "").strip())
+    except UnknownModelError as err:
+        raise ApiError(400, "unknown_model", str(err), models=list(state.registry.entries)) from None
+    data = upload.stream.read()
+    if not data:
+        raise ApiError(400, "empty_file", "the uploaded file is empty")
+    if sniff_format(data) is None:
+        raise ApiError(415, "unsupported_format",
+                       "only JPEG, PNG and DICOM images are accepted, and this file's content is none of them")
+    classifier = state.registry.classifier(entry.name)
+    has_heatmap = bool(getattr(classifier, "has_heatmap", False))
+    try:
+        result = classifier.classify(data, heatmap=has_heatmap)
+    except NotChestXrayError as err:
+        logger.info("refused an upload: not a chest X-ray (%s)", err.reason)
+        raise ApiError(422, "not_chest_xray", _clean_message(err), reason=err.reason,
+                       details=_jsonable(err.details)) from None
+    except ImageTooLargeError as err:
+        raise ApiError(413, err.code, _clean_message(err)) from None
+    except UnsupportedFormatError as err:
+        raise ApiError(415, err.code, _clean_message(err)) from None
+    except InvalidImageError as err:
+        logger.info("refused an upload: %s", err.code)
+        raise ApiError(422, err.code, _clean_message(err)) from None
+
+    warnings: list[str] = []
+    if want_heatmap and not has_heatmap:
+        warnings.append(f"model file {entry.model_path.name} has no feature-map output: no heatmap")
+    row_id = _record(state, result, warnings)
+    preview = None
+    if want_preview or (want_heatmap and result.heatmap is not None):
+        preview = fit_within(result.image, PREVIEW_SIDE)
+    body = {
+        "id": row_id,
+        "label": result.label,
+        "positive": bool(result.positive),
+        "decision": result.decision,
+        "score": round(float(result.score), 6),
+        "threshold": float(result.threshold),
+        "threshold_rule": _threshold_rule(entry.spec.negative_label, float(result.threshold)),
+        "probabilities": {k: round(float(v), 6) for k, v in result.probabilities.items()},
+        "latency_ms": round(float(result.latency_ms), 3),
+        "timings_ms": {k: round(float(v), 3) for k, v in (result.timings_ms or {}).items()},
+        "image_sha256": result.image_sha256,
+        "model_name": result.model_name,
+        "model_sha256": result.model_sha256,
+        "model": {"name": entry.name, "title": entry.title, "task": entry.spec.task,
+                  "file": entry.model_path.name, "runtime": getattr(classifier, "runtime", None)},
+        "heatmap": None,
+        "preview": None,
+        "report_url": url_for("api.history_report", row_id=row_id) if row_id is not None else None,
+        "warnings": warnings,
+        "notice": NOTICE,
+    }
+    if want_heatmap and result.heatmap is not None:
+        height, width = preview.shape[:2]
+        heat = colorize(upsample(result.heatmap, (height, width)))
+        body["heatmap"] = _image_json("image/png", encode_png(heat), width, height)
+    if want_preview:
+        height, width = preview.shape[:2]
+        body["preview"] = _image_json("image/jpeg", encode_jpeg(preview, 88), width, height)
+    logger.info("classified: row=%s model=%s latency=%.0f ms", row_id, entry.name, result.latency_ms)
+    return jsonify(body)
+
+
+def _jsonable(details: dict) -> dict:
+    out = {}
+    for key, value in (details or {}).items():
+        if isinstance(value, (bool, int, float, str)) or value is None:
+            out[str(key)] = value
+        elif hasattr(value, "item"):
+            out[str(key)] = value.item()
+        else:
+            out[str(key)] = str(value)
+    return out
+
+
+def _record(state, result, warnings: list[str]) -> int | None:
+    """Keep the images and the log row; on failure the result is still returned, with a warning."""
+    try:
+        heatmap_path = state.store.save(result.image_sha256, result.image, result.model_sha256, result.heatmap)
+        return int(state.log.record(result, source="web",
+                                    heatmap_path=str(heatmap_path) if heatmap_path else None))
+    except Exception as err:  # noqa: BLE001 - a full disk must not hide the result from the clinician
+        logger.error("could not write the screening log: %s", err)
+        warnings.append("this result could not be saved to the screening log; see the server log")
+        return None
+
+
+_VERSIONS: dict[str, Any] = {}
+_VERSIONS_LOCK = threading.Lock()
+
+
+def _versions() -> dict[str, Any]:
+    with _VERSIONS_LOCK:
+        if not _VERSIONS:
+            import edge_runtime
+
+            _VERSIONS["python"] = platform.python_version()
+            _VERSIONS["edge_runtime"] = getattr(edge_runtime, "__version__", None) or _dist_version(
+                "cxr-edge", "edge-runtime", "edge_runtime")
+            for dist in ("numpy", "pillow", "flask", "waitress", "ai-edge-litert", "tflite-runtime", "pydicom"):
+                _VERSIONS[dist] = _dist_version(dist)
+        return dict(_VERSIONS)
+
+
+def _dist_version(*names: str) -> str | None:
+    for name in names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+_RUNTIME: dict[str, str | None] = {}
+
+
+def _runtime_name() -> str | None:
+    if "name" not in _RUNTIME:
+        from ..interpreter import find_interpreter_class
+
+        try:
+            _RUNTIME["name"] = find_interpreter_class()[1]
+        except RuntimeUnavailableError:
+            _RUNTIME["name"] = None
+    return _RUNTIME["name"]
+
+
+@api.get("/health")
+def health() -> Response:
+    """Liveness and what this server runs: models loaded, runtime, versions."""
+    state = get_state()
+    registry = state.registry
+    loaded = [name for name in registry.entries if registry.loaded(name) is not None]
+    runtime = next((getattr(registry.loaded(n), "runtime", None) for n in loaded), None) or _runtime_name()
+    try:
+        log_ok, count = True, int(state.log.count())
+    except Exception as err:  # noqa: BLE001 - health reports, it does not fail
+        logger.error("screening log unreadable: %s", err)
+        log_ok, count = False, None
+    status = "ok" if runtime and log_ok else "degraded"
+    return jsonify({
+        "status": status,
+        "model_loaded": registry.default_name in loaded,
+        "default_model": registry.default_name,
+        "models_loaded": loaded,
+        "runtime": runtime,
+        "log": {"ok": log_ok, "count": count},
+        "auth_required": bool(state.config.token),
+        "uptime_s": round(time.time() - state.started, 1),
+        "versions": _versions(),
+    })
+
+
+@api.get("/models")
+def models() -> Response:
+    """The models this server offers."""
+    registry = get_state().registry
+    items = []
+    for entry in registry.entries.values():
+        classifier = registry.loaded(entry.name)
+        spec = entry.spec
+        items.append({
+            "name": entry.name,
+            "title": entry.title,
+            "task": spec.task,
+            "labels": list(spec.labels),
+            "negative_label": spec.negative_label,
+            "threshold": float(spec.threshold),
+            "threshold_rule": _threshold_rule(spec.negative_label, float(spec.threshold)),
+            "input_size": [spec.input_height, spec.input_width],
+            "file": entry.model_path.name,
+            "sha256": entry.file_sha256,
+            "has_heatmap": entry.has_heatmap,
+            "loaded": classifier is not None,
+            "default": entry.name == registry.default_name,
+        })
+    return jsonify({"default": registry.default_name, "models": items})
+
+
+def public_row(row: dict) -> dict:
+    """A log row as the API shows it: no file paths, no source, no patient id."""
+    row_id = int(row["id"])
+    return {
+        "id": row_id,
+        "time": str(row["time"]),
+        "label": row["label"],
+        "probabilities": {k: float(v) for k, v in (row.get("probabilities") or {}).items()},
+        "score": float(row["score"]),
+        "threshold": float(row["threshold"]),
+        "decision": row["decision"],
+        "model_name": row["model_name"],
+        "model_sha256": row["model_sha256"],
+        "image_sha256": row["image_sha256"],
+        "latency_ms": float(row["latency_ms"]),
+        "has_heatmap": bool(row.get("heatmap_path")),
+        "thumbnail_url": url_for("api.history_thumbnail", row_id=row_id),
+        "report_url": url_for("api.history_report", row_id=row_id),
+    }
+
+
+def history_label_arg() -> str | None:
+    """The ``label`` filter of a history request (validated), or ``None``."""
+    label = (request.args.get("label") or "").strip()
+    if not label:
+        return None
+    if not _LABEL.match(label):
+        raise ApiError(400, "invalid_parameter", "label must be 1-64 letters, digits, spaces or _ . + -")
+    return label
+
+
+def _limit_arg(default: int) -> int:
+    raw = request.args.get("limit")
+    if raw is None or raw == "":
+        return default
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise ApiError(400, "invalid_parameter", "limit must be an integer") from None
+    if not 1 <= limit <= MAX_HISTORY_LIMIT:
+        raise ApiError(400, "invalid_parameter", f"limit must be between 1 and {MAX_HISTORY_LIMIT}")
+    return limit
+
+
+@api.get("/history")
+def history() -> Response:
+    """Recent screenings from the log, newest first."""
+    state = get_state()
+    label = history_label_arg()
+    rows = state.log.recent(limit=_limit_arg(state.config.history_limit), label=label)
+    return jsonify({"items": [public_row(row) for row in rows], "label": label, "total": int(state.log.count())})
+
+
+def _row_or_404(row_id: int) -> dict:
+    row = get_state().log.get(row_id)
+    if row is None:
+        raise ApiError(404, "not_found", f"no screening with id {row_id}")
+    return row
+
+
+@api.get("/history/<int:row_id>")
+def history_item(row_id: int) -> Response:
+    """One screening from the log."""
+    return jsonify(public_row(_row_or_404(row_id)))
+
+
+@api.get("/history/<int:row_id>/thumbnail.jpg")
+def history_thumbnail(row_id: int) -> Response:
+    """The small image shown in the history list."""
+    row = _row_or_404(row_id)
+    path = get_state().store.thumbnail_path(row["image_sha256"])
+    if not path.is_file():
+        raise ApiError(404, "not_found", f"screening {row_id} has no thumbnail")
+    return send_file(path, mimetype="image/jpeg", max_age=0)
+
+
+@api.get("/history/<int:row_id>/report.png")
+def history_report(row_id: int) -> Response:
+    """The one-page result (image, heatmap, probabilities, model, time) as a PNG download."""
+    state = get_state()
+    row = _row_or_404(row_id)
+    preview = state.store.load_preview(row["image_sha256"])
+    heatmap = None
+    if row.get("heatmap_path"):
+        heatmap = state.store.load_heatmap(row["image_sha256"], row["model_sha256"])
+    entry = state.registry.entries.get(row["model_name"])
+    png = render_report(row, preview, heatmap,
+                        negative_label=entry.spec.negative_label if entry else "NORMAL",
+                        title=entry.title if entry else None,
+                        runtime_version=_versions().get("edge_runtime") or "")
+    return send_file(io.BytesIO(png), mimetype="image/png", as_attachment=True,
+                     download_name=f"cxr-screening-{row_id}.png", max_age=0)
+
+
+@api.get("/history/export.csv")
+def history_csv() -> Response:
+    """The screening log as CSV (optionally one label only)."""
+    state = get_state()
+    label = history_label_arg()
+    buffer = io.StringIO()
+    state.log.export_csv(buffer, label=label)
+    name = f"cxr-screenings-{label}.csv" if label else "cxr-screenings.csv"
+    return send_file(io.BytesIO(buffer.getvalue().encode("utf-8")), mimetype="text/csv",
+                     as_attachment=True, download_name=name.replace(" ", "_"), max_age=0)
+
+
+@api.get("/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI 3.1 description of this API."""
+    return send_file(_OPENAPI, mimetype="application/json", max_age=0)

@@ -1,0 +1,122 @@
+"""Settings of the clinic web app, with safe defaults (loopback only, bounded uploads)."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence, Union
+
+PathLike = Union[str, os.PathLike]
+
+#: Default address: loopback only. Any other interface needs a token.
+DEFAULT_HOST = "127.0.0.1"
+#: Default TCP port.
+DEFAULT_PORT = 8080
+#: Largest accepted request body, in bytes (a 3000 x 3000 16-bit uncompressed DICOM is ~18 MB).
+DEFAULT_MAX_UPLOAD_BYTES = 32 * 1024 * 1024
+#: Shortest token accepted when the server is reachable from other machines.
+MIN_TOKEN_LENGTH = 12
+#: Model file precision tried first when a spec lists several files.
+DEFAULT_PRECISION = "int8"
+#: Environment variable read by :func:`default_log_path`.
+LOG_PATH_ENV = "CXR_EDGE_LOG"
+
+
+def default_log_path() -> Path:
+    """Where the screening log lives when none is given: ``$CXR_EDGE_LOG`` or the user's data dir."""
+    if os.environ.get(LOG_PATH_ENV):
+        return Path(os.environ[LOG_PATH_ENV])
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "cxr-edge" / "screenings.sqlite"
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` (a bind address or host name) only reaches this machine."""
+    host = host.strip().strip("[]").lower()
+    if host in ("localhost", "localhost.localdomain", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclasses.dataclass
+class WebConfig:
+    """Everything :func:`edge_runtime.web.create_app` needs.
+
+    Attributes:
+        models: A models folder (every ``*.spec.json`` in it), a spec file, a ``.tflite`` file,
+            or a sequence of these.
+        log_path: SQLite screening log; ``None`` means :func:`default_log_path`. Thumbnails are
+            kept in ``<log stem>-images/`` beside it.
+        token: Shared secret. When set, every request must carry it as ``Authorization: Bearer
+            <token>`` or as the password of HTTP basic auth (any user name).
+        require_token: Refuse to start without a token (set by ``serve`` for non-loopback hosts).
+        max_upload_bytes: Largest request body accepted (HTTP 413 beyond).
+        precision: Model file precision preferred when a spec lists several (``int8``/``fp16``).
+        default_model: Name of the model used when a request names none (default: the
+            pneumonia screening model if present, else the first).
+        num_threads: Interpreter threads per model.
+        quality_gate: Refuse inputs that do not look like chest X-rays.
+        verify_sha256: Refuse model files whose sha256 differs from their spec.
+        history_limit: Rows shown by the history page.
+        classifier_factory: ``f(entry: ModelEntry) -> classifier``; by default the runtime's
+            :class:`~edge_runtime.classifier.Classifier` with the settings above (tests may pass
+            a stand-in).
+    """
+
+    models: PathLike | Sequence[PathLike] = "android_assets"
+    log_path: PathLike | None = None
+    token: str | None = None
+    require_token: bool = False
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    precision: str = DEFAULT_PRECISION
+    default_model: str | None = None
+    num_threads: int = 1
+    quality_gate: bool = True
+    verify_sha256: bool = True
+    history_limit: int = 50
+    classifier_factory: Callable[..., Any] | None = None
+
+    def __post_init__(self):
+        if self.token is not None and not isinstance(self.token, str):
+            raise ValueError("token must be a string")
+        if self.token == "":
+            self.token = None
+        if self.require_token and not self.token:
+            raise ValueError(
+                "a token is required when the server is reachable from other machines: pass "
+                "token=... (cxr-edge serve --token, or the CXR_EDGE_TOKEN environment variable)")
+        if self.token and len(self.token) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"token is too short: use at least {MIN_TOKEN_LENGTH} characters "
+                             "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(18))')")
+        if self.max_upload_bytes < 1024:
+            raise ValueError(f"max_upload_bytes must be at least 1024, got {self.max_upload_bytes}")
+        if self.precision not in ("int8", "fp16"):
+            raise ValueError(f"precision must be 'int8' or 'fp16', got {self.precision!r}")
+        if self.num_threads < 1:
+            raise ValueError(f"num_threads must be at least 1, got {self.num_threads}")
+        if not 1 <= self.history_limit <= 1000:
+            raise ValueError(f"history_limit must be in 1..1000, got {self.history_limit}")
+
+    @classmethod
+    def coerce(cls, config: "WebConfig | Mapping[str, Any] | None") -> "WebConfig":
+        """Accept a :class:`WebConfig`, a mapping of its fields, or ``None`` (defaults)."""
+        if config is None:
+            return cls()
+        if isinstance(config, cls):
+            return config
+        if isinstance(config, Mapping):
+            known = {field.name for field in dataclasses.fields(cls)}
+            unknown = sorted(set(config) - known)
+            if unknown:
+                raise ValueError(f"unknown web settings {unknown}; known: {sorted(known)}")
+            return cls(**dict(config))
+        raise TypeError(f"config must be a WebConfig or a mapping, got {type(config).__name__}")
+
+    def resolved_log_path(self) -> Path:
+        """The log path to use (``log_path`` or the default)."""
+        return Path(self.log_path) if self.log_path is not None else default_log_path()

@@ -1,0 +1,185 @@
+"""The models a web server offers: found from their spec files, each loaded once, lazily, and shared."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from ..errors import ModelError
+from ..spec import SPEC_SUFFIX, ModelSpec, find_spec_for_model
+
+logger = logging.getLogger(__name__)
+
+#: What each task's model answers, as shown in the model menu.
+TASK_TITLES = {
+    "binary": "Pneumonia screening (normal / pneumonia)",
+    "etiology": "Pneumonia type (normal / bacterial / viral)",
+    "covid": "COVID-19 (normal / pneumonia / COVID-19)",
+}
+#: Menu order: the plain screening model first.
+_TASK_ORDER = {"binary": 0, "etiology": 1, "covid": 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    """One offered model: its spec and the file the server runs.
+
+    Attributes:
+        name: The spec's name, used as the model's id in the API.
+        spec: The model's :class:`~edge_runtime.spec.ModelSpec`.
+        spec_path: The ``*.spec.json`` file.
+        model_path: The ``.tflite`` file run (the ``*_cam.tflite`` variant when shipped).
+        has_heatmap: Whether that file also outputs the feature map.
+    """
+
+    name: str
+    spec: ModelSpec
+    spec_path: Path
+    model_path: Path
+    has_heatmap: bool
+
+    @property
+    def title(self) -> str:
+        return TASK_TITLES.get(self.spec.task, self.spec.name)
+
+    @property
+    def file_sha256(self) -> str | None:
+        return (self.spec.files or {}).get(self.model_path.name)
+
+
+def choose_model_file(spec: ModelSpec, folder: Path, precision: str) -> Path | None:
+    """Pick the file to run among those a spec lists and that exist in ``folder``.
+
+    Preference: ``<precision>_cam``, any ``_cam`` (heatmaps need the feature-map output), then
+    ``<precision>``, then any other ``.tflite``.
+    """
+    present = sorted(name for name in (spec.files or {}) if name.endswith(".tflite") and (folder / name).is_file())
+
+    def rank(name: str) -> tuple[int, str]:
+        stem = name[: -len(".tflite")]
+        cam = stem.endswith("_cam")
+        matches_precision = f"_{precision}" in stem
+        return (0 if cam else 2) + (0 if matches_precision else 1), name
+
+    return folder / min(present, key=rank) if present else None
+
+
+def _entries_from_spec(spec_path: Path, precision: str, model_path: Path | None = None) -> ModelEntry | None:
+    spec = ModelSpec.load(spec_path)
+    folder = spec_path.parent
+    if model_path is None:
+        model_path = choose_model_file(spec, folder, precision)
+        if model_path is None:
+            logger.warning("%s lists no .tflite file present in %s; skipped", spec_path.name, folder)
+            return None
+    return ModelEntry(name=spec.name, spec=spec, spec_path=spec_path, model_path=model_path,
+                      has_heatmap=model_path.name.endswith("_cam.tflite"))
+
+
+def discover_models(sources: Any, precision: str = "int8") -> list[ModelEntry]:
+    """Find the models to offer.
+
+    Args:
+        sources: A folder (each ``*.spec.json`` in it), a spec file, a ``.tflite`` file (run as
+            given, with the spec listing it), or an iterable of these.
+        precision: Preferred precision when a spec lists several files.
+
+    Returns:
+        Entries in menu order (screening model first), one per spec name.
+
+    Raises:
+        ModelError: a source does not exist, or no model was found at all.
+    """
+    if isinstance(sources, (str, Path)) or not isinstance(sources, Iterable):
+        sources = [sources]
+    entries: dict[str, ModelEntry] = {}
+    for source in sources:
+        path = Path(source)
+        found: list[ModelEntry | None]
+        if path.is_dir():
+            found = [_entries_from_spec(p, precision) for p in sorted(path.glob("*" + SPEC_SUFFIX))]
+        elif path.is_file() and path.name.endswith(SPEC_SUFFIX):
+            found = [_entries_from_spec(path, precision)]
+        elif path.is_file() and path.suffix == ".tflite":
+            found = [_entries_from_spec(find_spec_for_model(path), precision, model_path=path)]
+        else:
+            raise ModelError(f"model source not found: {path} (expected a folder of *{SPEC_SUFFIX} files, "
+                             "a spec file or a .tflite file)")
+        for entry in found:
+            if entry is not None and entry.name not in entries:
+                entries[entry.name] = entry
+    if not entries:
+        raise ModelError(f"no models found in {[str(s) for s in sources]}: expected *{SPEC_SUFFIX} files "
+                         "listing .tflite files present beside them")
+    return sorted(entries.values(), key=lambda e: (_TASK_ORDER.get(e.spec.task, 9), e.name))
+
+
+class UnknownModelError(LookupError):
+    """A request named a model this server does not offer."""
+
+
+class ModelRegistry:
+    """The offered models, each with one classifier created on first use and then shared.
+
+    The runtime's classifier serialises calls into its interpreter with its own lock, so one
+    instance per model is safe across request threads.
+
+    Args:
+        entries: From :func:`discover_models`.
+        make_classifier: ``f(entry) -> classifier``.
+        default_model: Name used when a request names none (default: the first entry).
+    """
+
+    def __init__(self, entries: list[ModelEntry], make_classifier: Callable[[ModelEntry], Any],
+                 default_model: str | None = None):
+        self.entries = {entry.name: entry for entry in entries}
+        if default_model is not None and default_model not in self.entries:
+            raise ModelError(f"default model {default_model!r} is not among {list(self.entries)}")
+        self.default_name = default_model or entries[0].name
+        self._make = make_classifier
+        self._classifiers: dict[str, Any] = {}
+        self._locks = {name: threading.Lock() for name in self.entries}
+
+    def get(self, name: str | None) -> ModelEntry:
+        """The entry for ``name`` (``None`` or ``""``: the default).
+
+        Raises:
+            UnknownModelError: no such model.
+        """
+        key = name or self.default_name
+        try:
+            return self.entries[key]
+        except KeyError:
+            raise UnknownModelError(f"unknown model {key!r}; this server offers {list(self.entries)}") from None
+
+    def classifier(self, name: str | None) -> Any:
+        """The shared classifier of a model, created on first use.
+
+        Raises:
+            UnknownModelError: no such model.
+            ModelError: the model cannot be loaded (the next call tries again).
+        """
+        entry = self.get(name)
+        existing = self._classifiers.get(entry.name)
+        if existing is not None:
+            return existing
+        with self._locks[entry.name]:
+            if entry.name not in self._classifiers:
+                logger.info("loading model %s from %s", entry.name, entry.model_path.name)
+                self._classifiers[entry.name] = self._make(entry)
+            return self._classifiers[entry.name]
+
+    def loaded(self, name: str) -> Any | None:
+        """The classifier of ``name`` if already created, else ``None``."""
+        return self._classifiers.get(name)
+
+    def close(self) -> None:
+        """Close every created classifier."""
+        for name in list(self._classifiers):
+            classifier = self._classifiers.pop(name)
+            close = getattr(classifier, "close", None)
+            if close is not None:
+                close()

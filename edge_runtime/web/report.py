@@ -1,0 +1,186 @@
+"""The downloadable one-page result: image, heatmap, probabilities, model and time, drawn with Pillow."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+from typing import Any, Mapping
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from ..cam import overlay_heatmap
+
+#: Shown on every page and every report.
+NOTICE = ("Not a medical device. Research and screening support only: a qualified clinician must "
+          "confirm every result.")
+#: What the heatmap means, and what it does not.
+HEATMAP_NOTE = ("Heatmap: the regions that most raised the model's output for the shown label "
+                "(class activation map). It is not an outline of disease.")
+
+_PAGE = (1240, 1754)  # A4 portrait at 150 dpi
+_MARGIN = 60
+_INK = (20, 24, 31)
+_MUTED = (90, 98, 110)
+_POSITIVE = (176, 32, 32)
+_NEGATIVE = (22, 110, 60)
+_NOTICE_BG = (255, 243, 205)
+_NOTICE_INK = (102, 77, 3)
+_BAR_BG = (225, 229, 235)
+_BAR = (44, 98, 170)
+
+# Fonts tried before Pillow's built-in one (present on Debian and Raspberry Pi OS).
+_FONT_FILES = {
+    False: ("DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"),
+    True: ("DejaVuSans-Bold.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"),
+}
+
+
+def _font(size: int, bold: bool = False) -> ImageFont.ImageFont:
+    for candidate in _FONT_FILES[bold]:
+        try:
+            return ImageFont.truetype(candidate, size)
+        except OSError:
+            continue
+    return ImageFont.load_default(size=size)
+
+
+def format_time(value: Any) -> str:
+    """A log time (ISO string or Unix seconds) as ``YYYY-MM-DD HH:MM:SS UTC``."""
+    if isinstance(value, (int, float)):
+        moment = _dt.datetime.fromtimestamp(float(value), tz=_dt.timezone.utc)
+    else:
+        try:
+            moment = _dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError:
+            return str(value)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=_dt.timezone.utc)
+    return moment.astimezone(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _fit(image: np.ndarray, side: int) -> np.ndarray:
+    """Resize so that the longer side is ``side`` (enlarging small inputs for print)."""
+    height, width = image.shape[:2]
+    scale = side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        trial = f"{line} {word}".strip()
+        if draw.textlength(trial, font=font) <= width or not line:
+            line = trial
+        else:
+            lines.append(line)
+            line = word
+    if line:
+        lines.append(line)
+    return lines
+
+
+def render_report(row: Mapping[str, Any], preview: np.ndarray | None, heatmap: np.ndarray | None,
+                  *, negative_label: str = "NORMAL", title: str | None = None,
+                  runtime_version: str = "") -> bytes:
+    """Draw the one-page result as PNG.
+
+    Args:
+        row: A screening-log row (id, time, label, probabilities, score, threshold, decision,
+            model_name, model_sha256, image_sha256, latency_ms).
+        preview: The input image (RGB uint8), or ``None`` when it was not kept.
+        heatmap: (h, w) map in [0, 1] for the shown label, or ``None``.
+        negative_label: The model's "no finding" label (for the threshold sentence).
+        title: Human name of the model's task.
+        runtime_version: Printed in the footer.
+
+    Returns:
+        PNG bytes of a 1240 x 1754 page (A4 at 150 dpi).
+    """
+    page = Image.new("RGB", _PAGE, "white")
+    draw = ImageDraw.Draw(page)
+    width = _PAGE[0] - 2 * _MARGIN
+    y = _MARGIN
+
+    draw.text((_MARGIN, y), "Chest X-ray screening result", font=_font(44, bold=True), fill=_INK)
+    y += 64
+    notice_font = _font(24, bold=True)
+    lines = _wrap(draw, NOTICE, notice_font, width - 40)
+    box_height = 24 + 32 * len(lines)
+    draw.rectangle((_MARGIN, y, _MARGIN + width, y + box_height), fill=_NOTICE_BG, outline=_NOTICE_INK, width=2)
+    for index, line in enumerate(lines):
+        draw.text((_MARGIN + 20, y + 12 + 32 * index), line, font=notice_font, fill=_NOTICE_INK)
+    y += box_height + 30
+
+    positive = str(row.get("decision", "")).startswith("screening positive")
+    colour = _POSITIVE if positive else _NEGATIVE
+    draw.text((_MARGIN, y), str(row.get("label", "?")), font=_font(56, bold=True), fill=colour)
+    y += 72
+    draw.text((_MARGIN, y), str(row.get("decision", "")), font=_font(32, bold=True), fill=colour)
+    y += 50
+    score, threshold = float(row.get("score", 0.0)), float(row.get("threshold", 0.5))
+    relation = ">=" if score >= threshold else "<"
+    rule = (f"Score = 1 - P({negative_label}) = {score:.3f} {relation} threshold {threshold:.3f}. "
+            f"At or above the threshold means: screening positive, refer to a clinician.")
+    for line in _wrap(draw, rule, _font(24), width):
+        draw.text((_MARGIN, y), line, font=_font(24), fill=_INK)
+        y += 32
+    y += 16
+
+    label_font, value_font = _font(24), _font(24, bold=True)
+    probabilities = dict(row.get("probabilities") or {})
+    label_width = max([draw.textlength(k, font=label_font) for k in probabilities] + [120]) + 20
+    bar_x, bar_width = _MARGIN + int(label_width), width - int(label_width) - 120
+    for name, value in probabilities.items():
+        value = float(value)
+        draw.text((_MARGIN, y), name, font=label_font, fill=_INK)
+        draw.rectangle((bar_x, y + 4, bar_x + bar_width, y + 28), fill=_BAR_BG)
+        draw.rectangle((bar_x, y + 4, bar_x + int(round(bar_width * min(max(value, 0.0), 1.0))), y + 28),
+                       fill=_BAR)
+        draw.text((bar_x + bar_width + 16, y), f"{value * 100:.1f}%", font=value_font, fill=_INK)
+        y += 40
+    y += 20
+
+    if preview is not None:
+        panel = (width - 30) // 2
+        original = _fit(preview, panel)
+        panels = [("Original", original)]
+        if heatmap is not None:
+            panels.append(("Heatmap overlay", overlay_heatmap(original, heatmap, alpha=0.4)))
+        caption_font = _font(24, bold=True)
+        for index, (caption, image) in enumerate(panels):
+            x = _MARGIN + index * (panel + 30)
+            draw.text((x, y), caption, font=caption_font, fill=_INK)
+            page.paste(Image.fromarray(image), (x, y + 36))
+        y += 36 + max(image.shape[0] for _, image in panels) + 16
+        if heatmap is not None:
+            for line in _wrap(draw, HEATMAP_NOTE, _font(20), width):
+                draw.text((_MARGIN, y), line, font=_font(20), fill=_MUTED)
+                y += 26
+    y += 16
+
+    small = _font(22)
+    details = [
+        ("Time", format_time(row.get("time", ""))),
+        ("Screening no.", str(row.get("id", ""))),
+        ("Model", f"{row.get('model_name', '')}" + (f"  ({title})" if title else "")),
+        ("Model sha256", str(row.get("model_sha256", ""))),
+        ("Image sha256", str(row.get("image_sha256", ""))),
+        ("Latency", f"{float(row.get('latency_ms', 0.0)):.0f} ms"),
+    ]
+    for key, value in details:
+        draw.text((_MARGIN, y), key, font=_font(22, bold=True), fill=_INK)
+        for line in _wrap(draw, value, small, width - 220) or [""]:
+            draw.text((_MARGIN + 220, y), line, font=small, fill=_INK)
+            y += 30
+    footer = f"Produced offline by cxr-edge {runtime_version}".strip() + ". " + NOTICE
+    footer_lines = _wrap(draw, footer, _font(18), width)
+    fy = _PAGE[1] - _MARGIN - 24 * len(footer_lines)
+    for line in footer_lines:
+        draw.text((_MARGIN, fy), line, font=_font(18), fill=_MUTED)
+        fy += 24
+
+    buffer = io.BytesIO()
+    page.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()

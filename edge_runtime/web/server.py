@@ -1,0 +1,178 @@
+"""Run the clinic app with waitress: loopback by default, a token required on any other interface."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+from .app import create_app, get_state
+from .config import (
+    DEFAULT_HOST,
+    DEFAULT_MAX_UPLOAD_BYTES,
+    DEFAULT_PORT,
+    DEFAULT_PRECISION,
+    PathLike,
+    WebConfig,
+    is_loopback,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Request-handling threads: requests for one model queue on its classifier's lock anyway.
+DEFAULT_THREADS = 4
+
+
+class WebServer:
+    """A waitress server around the clinic app, runnable in the foreground or in a thread.
+
+    Attributes:
+        app: The Flask app (its state: ``app.extensions["cxr_edge"]``).
+        host: The bound address.
+        port: The bound port (the real one when 0 was asked).
+        url: Base URL, e.g. ``http://127.0.0.1:8080``.
+    """
+
+    def __init__(self, app, host: str, port: int, threads: int = DEFAULT_THREADS):
+        import waitress
+
+        self.app = app
+        max_body = get_state(app).config.max_upload_bytes
+        self._server = waitress.create_server(
+            app, host=host, port=port, threads=threads,
+            # A little above the app's own limit, so the app answers 413 as JSON.
+            max_request_body_size=max_body + 1024 * 1024,
+            ident="cxr-edge", expose_tracebacks=False, clear_untrusted_proxy_headers=True,
+        )
+        listen = getattr(self._server, "effective_listen", None) or [
+            (self._server.effective_host, self._server.effective_port)]
+        self.host, self.port = listen[0][0], int(listen[0][1])
+        shown = f"[{self.host}]" if ":" in str(self.host) else self.host
+        self.url = f"http://{shown}:{self.port}"
+        self._thread: threading.Thread | None = None
+
+    def run(self) -> None:
+        """Serve until :meth:`close` is called (or Ctrl+C in the foreground)."""
+        self._server.run()
+
+    def start(self) -> "WebServer":
+        """Serve from a daemon thread; returns at once."""
+        self._thread = threading.Thread(target=self.run, name="cxr-edge-web", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop serving (open connections included), then close the models and the screening log."""
+        from waitress import wasyncore
+
+        server = self._server
+        single = hasattr(server, "pull_trigger")
+        if single and self._thread is not None and self._thread.is_alive():
+            # Close every channel from inside the serving loop (sockets are not closed under a
+            # running select() in another thread); the loop ends when its map is empty.
+            server.pull_trigger(lambda: wasyncore.close_all(server._map))
+            server.task_dispatcher.shutdown()
+        elif single:
+            server.task_dispatcher.shutdown()
+            wasyncore.close_all(server._map)
+        else:
+            server.close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        get_state(self.app).close()
+
+    def __enter__(self) -> "WebServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def create_server(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                  models: PathLike | Sequence[PathLike] = "android_assets", token: str | None = None,
+                  *, threads: int = DEFAULT_THREADS, preload: bool = True, **settings: Any) -> WebServer:
+    """Build the app and bind its waitress server, without serving yet.
+
+    Same arguments as :func:`serve`. Binding to anything but a loopback address requires
+    ``token``.
+
+    Raises:
+        ValueError: a non-loopback ``host`` without a token, or invalid settings.
+        ModelError: no usable model, or (with ``preload``) the default model fails to load.
+        OSError: the port cannot be bound.
+    """
+    config = WebConfig(models=models, token=token, require_token=not is_loopback(host), **settings)
+    app = create_app(config)
+    state = get_state(app)
+    try:
+        if preload:
+            # Load the default model now: a broken model fails at start, not at the first patient.
+            state.registry.classifier(None)
+        server = WebServer(app, host, port, threads=threads)
+    except BaseException:
+        state.close()
+        raise
+    if config.token:
+        logger.warning("authentication required: every request must carry the token "
+                       "(Authorization: Bearer <token>, or as the basic-auth password of any user)")
+    if not is_loopback(host):
+        logger.warning("listening on %s, reachable from other machines: traffic is plain HTTP, so use "
+                       "only on a trusted clinic network", host)
+    logger.info("serving %d model(s) %s on %s (log: %s)", len(state.registry.entries),
+                list(state.registry.entries), server.url, Path(config.resolved_log_path()).name)
+    return server
+
+
+def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+          models: PathLike | Sequence[PathLike] = "android_assets", token: str | None = None,
+          *, log_path: PathLike | None = None, threads: int = DEFAULT_THREADS,
+          max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, precision: str = DEFAULT_PRECISION,
+          default_model: str | None = None, num_threads: int = 1, quality_gate: bool = True,
+          verify_sha256: bool = True, preload: bool = True) -> None:
+    """Serve the clinic page and JSON API with waitress until interrupted (Ctrl+C or SIGTERM).
+
+    Args:
+        host: Address to bind. ``127.0.0.1`` (default) keeps the server on this machine; any
+            non-loopback address (e.g. ``0.0.0.0``) requires ``token``.
+        port: TCP port (0 picks a free one).
+        models: Models folder (each ``*.spec.json`` in it), spec file, ``.tflite`` file, or a
+            sequence of these.
+        token: Shared secret, sent by clients as ``Authorization: Bearer <token>`` or as the
+            basic-auth password (browsers prompt for it). At least 12 characters.
+        log_path: SQLite screening log (default ``$CXR_EDGE_LOG`` or
+            ``~/.local/share/cxr-edge/screenings.sqlite``); images go to ``<stem>-images/`` beside it.
+        threads: waitress request threads.
+        max_upload_bytes: Largest upload accepted (HTTP 413 beyond).
+        precision: Model file precision preferred when a spec lists several (``int8``/``fp16``).
+        default_model: Model name used when a request names none.
+        num_threads: Interpreter threads per model.
+        quality_gate: Refuse inputs that do not look like chest X-rays.
+        verify_sha256: Refuse model files whose sha256 differs from their spec.
+        preload: Load the default model before accepting requests.
+
+    Raises:
+        ValueError: a non-loopback ``host`` without a token, or invalid settings.
+        ModelError: no usable model was found, or the default model cannot be loaded.
+        OSError: the port cannot be bound.
+    """
+    server = create_server(host, port, models, token, threads=threads, preload=preload, log_path=log_path,
+                           max_upload_bytes=max_upload_bytes, precision=precision,
+                           default_model=default_model, num_threads=num_threads,
+                           quality_gate=quality_gate, verify_sha256=verify_sha256)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        def _terminate(signum, frame):
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        logger.info("stopping")
+    finally:
+        server.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

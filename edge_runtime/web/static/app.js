@@ -1,0 +1,195 @@
+// cxr-edge screening page: upload (picker or drag and drop), call the JSON API, show the result.
+// No inline script (the page's CSP forbids it) and no innerHTML: every value is set as text.
+(function () {
+  "use strict";
+
+  var form = document.getElementById("upload-form");
+  var fileInput = document.getElementById("file");
+  var dropZone = document.getElementById("drop-zone");
+  var fileName = document.getElementById("file-name");
+  var submit = document.getElementById("submit");
+  var statusText = document.getElementById("status");
+  var errorBox = document.getElementById("error");
+  var resultBox = document.getElementById("result");
+  var opacity = document.getElementById("opacity");
+  var opacityValue = document.getElementById("opacity-value");
+  var heat = document.getElementById("image-heatmap");
+
+  function byId(id) { return document.getElementById(id); }
+
+  function chosenFile() {
+    return fileInput.files && fileInput.files.length ? fileInput.files[0] : null;
+  }
+
+  function fileChanged() {
+    var file = chosenFile();
+    fileName.textContent = file ? file.name : "";
+    submit.disabled = !file;
+  }
+
+  fileInput.addEventListener("change", fileChanged);
+
+  ["dragenter", "dragover"].forEach(function (name) {
+    dropZone.addEventListener(name, function (event) {
+      event.preventDefault();
+      dropZone.classList.add("dragging");
+    });
+  });
+  ["dragleave", "drop"].forEach(function (name) {
+    dropZone.addEventListener(name, function (event) {
+      event.preventDefault();
+      dropZone.classList.remove("dragging");
+    });
+  });
+  dropZone.addEventListener("drop", function (event) {
+    var files = event.dataTransfer && event.dataTransfer.files;
+    if (files && files.length) {
+      fileInput.files = files;
+      fileChanged();
+    }
+  });
+  dropZone.addEventListener("keydown", function (event) {
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      fileInput.click();
+    }
+  });
+
+  function setOpacity() {
+    heat.style.opacity = String(opacity.value / 100);
+    opacityValue.textContent = opacity.value + "%";
+  }
+  opacity.addEventListener("input", setOpacity);
+
+  function dataUrl(image) {
+    return "data:" + image.media_type + ";base64," + image.data;
+  }
+
+  function percent(value) {
+    return (value * 100).toFixed(1) + "%";
+  }
+
+  function showError(status, body) {
+    var error = (body && body.error) || {};
+    var refused = error.code === "not_chest_xray";
+    byId("error-title").textContent = refused
+      ? "Refused: this does not look like a chest X-ray"
+      : "Could not screen this image";
+    byId("error-message").textContent = (error.message || ("HTTP " + status)) +
+      (error.code ? " (" + error.code + ")" : "");
+    errorBox.dataset.code = error.code || "";
+    errorBox.hidden = false;
+    resultBox.hidden = true;
+  }
+
+  function showResult(body) {
+    var positive = body.positive;
+    var tone = positive ? "positive" : "negative";
+    var label = byId("result-label");
+    label.textContent = body.label;
+    label.className = "label " + tone;
+    var decision = byId("result-decision");
+    decision.textContent = body.decision;
+    decision.className = "decision " + tone;
+    byId("result-threshold").textContent = "Screening score " + body.score.toFixed(3) +
+      (positive ? " is at or above" : " is below") + " the threshold " + body.threshold.toFixed(3) +
+      ". Rule: " + body.threshold_rule + ".";
+
+    var bars = byId("probabilities");
+    while (bars.firstChild) { bars.removeChild(bars.firstChild); }
+    Object.keys(body.probabilities).forEach(function (name) {
+      var value = body.probabilities[name];
+      var row = document.createElement("div");
+      row.className = "prob";
+      var text = document.createElement("span");
+      text.textContent = name;
+      var track = document.createElement("span");
+      track.className = "track";
+      track.setAttribute("role", "img");
+      track.setAttribute("aria-label", name + " " + percent(value));
+      var fill = document.createElement("span");
+      fill.className = "fill";
+      fill.style.width = Math.max(0, Math.min(100, value * 100)).toFixed(1) + "%";
+      track.appendChild(fill);
+      var number = document.createElement("span");
+      number.className = "value";
+      number.textContent = percent(value);
+      row.appendChild(text);
+      row.appendChild(track);
+      row.appendChild(number);
+      bars.appendChild(row);
+    });
+
+    if (body.preview) {
+      byId("image-original").src = dataUrl(body.preview);
+      byId("image-base").src = dataUrl(body.preview);
+    }
+    var hasHeatmap = Boolean(body.heatmap);
+    byId("overlay-figure").hidden = !hasHeatmap;
+    byId("heatmap-note").hidden = !hasHeatmap;
+    if (hasHeatmap) {
+      heat.src = dataUrl(body.heatmap);
+      setOpacity();
+    } else {
+      heat.removeAttribute("src");
+    }
+
+    byId("result-latency").textContent = body.latency_ms.toFixed(0) + " ms";
+    byId("result-model").textContent = body.model.title + " (" + body.model.file + ")";
+    byId("result-sha").textContent = body.model_sha256;
+    byId("result-id").textContent = body.id === null ? "not saved" : String(body.id);
+    var warnings = byId("warnings");
+    warnings.textContent = (body.warnings || []).join(" ");
+    warnings.hidden = !(body.warnings && body.warnings.length);
+    var download = byId("download");
+    if (body.report_url) {
+      download.href = body.report_url;
+      download.setAttribute("download", "cxr-screening-" + body.id + ".png");
+      download.hidden = false;
+    } else {
+      download.hidden = true;
+    }
+    errorBox.hidden = true;
+    resultBox.hidden = false;
+    resultBox.scrollIntoView({ behavior: "smooth", block: "start" });
+  }
+
+  form.addEventListener("submit", function (event) {
+    event.preventDefault();
+    var file = chosenFile();
+    if (!file) { return; }
+    var data = new FormData();
+    data.append("file", file);
+    data.append("model", byId("model").value);
+    data.append("heatmap", "true");
+    data.append("preview", "true");
+    submit.disabled = true;
+    statusText.textContent = "Screening...";
+    fetch(form.action, { method: "POST", body: data, credentials: "same-origin" })
+      .then(function (response) {
+        return response.json().then(
+          function (body) { return { status: response.status, ok: response.ok, body: body }; },
+          function () { return { status: response.status, ok: false, body: null }; });
+      })
+      .then(function (answer) {
+        if (answer.ok) { showResult(answer.body); } else { showError(answer.status, answer.body); }
+      })
+      .catch(function () {
+        showError(0, { error: { code: "network_error", message: "The server did not answer." } });
+      })
+      .then(function () {
+        statusText.textContent = "";
+        submit.disabled = !chosenFile();
+      });
+  });
+
+  byId("again").addEventListener("click", function () {
+    form.reset();
+    fileChanged();
+    resultBox.hidden = true;
+    errorBox.hidden = true;
+    window.scrollTo(0, 0);
+  });
+
+  fileChanged();
+})();

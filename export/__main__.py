@@ -1,0 +1,230 @@
+"""python -m export --model <model.keras> --data <folder> --out android_assets/: assets + parity gate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger("export")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ANDROID_VARIANTS = ("fp16", "int8")
+
+
+def stratified_sample(labels: np.ndarray, indices: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """``count`` of ``indices`` drawn with each class in proportion (at least one per class)."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels[indices])
+    chosen = []
+    for cls in classes:
+        pool = indices[labels[indices] == cls]
+        take = max(1, int(round(count * len(pool) / len(indices))))
+        chosen.append(rng.choice(pool, size=min(take, len(pool)), replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m export",
+        description="Convert a trained Keras model to float16 and int8 TFLite files for Android and the edge "
+                    "runtime, embed metadata, and refuse to ship files that disagree with the Keras model.")
+    p.add_argument("--model", type=Path, required=True,
+                   help="model.keras written by `python -m training train` (its spec.json and split.json sit beside it)")
+    p.add_argument("--data", type=Path, default=None, help="the data root the model was trained on (default: the "
+                   "path recorded in its spec)")
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "android_assets", help="output folder")
+    p.add_argument("--calibration-size", type=int, default=400, help="int8 calibration images (stratified, from the "
+                   "training side of the split, no augmentation)")
+    p.add_argument("--parity-max", type=int, default=0, help="limit the parity check to this many validation images "
+                   "(0: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--calibration", choices=("data", "blank"), default="data",
+                   help="'blank' calibrates on constant images: only to prove the parity gate catches a broken export")
+    p.add_argument("--metadata-python", default=None,
+                   help="Python interpreter with the TFLite metadata writer (default: this one if it can import it, "
+                        "else .venv-metadata/bin/python)")
+    p.add_argument("--no-metadata", action="store_true", help="skip Android metadata (not for shipping)")
+    p.add_argument("--force", action="store_true",
+                   help="write the files even when the parity gate fails (debugging only; the exit code stays 3)")
+    p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    return p
+
+
+def attach_metadata(model_path: Path, spec_path: Path, labels_path: Path, python: str | None) -> None:
+    """Embed Android metadata in place, in this interpreter or the metadata one."""
+    from . import metadata_bridge
+
+    metadata_bridge.write(model_path, spec_path, labels_path, python)
+
+
+def export_model(args) -> dict:
+    import keras
+
+    from edge_runtime.spec import ModelSpec, sha256_file
+    from training.data import TASKS, load_dataset, load_split
+    from training.model import CLASSIFIER_LAYER
+    from training.train import predict_probs
+
+    from .convert import (ExportError, export_fp16, export_int8, quantization_debug, with_feature_output)
+    from .parity import compare, gate, run_tflite
+
+    model_path = args.model
+    train_dir = model_path.parent
+    spec = ModelSpec.load(train_dir / "spec.json")
+    model = keras.saving.load_model(model_path, compile=False)
+    task = TASKS[spec.task]
+    data_root = args.data or Path(spec.training.get("data", ""))
+    dataset = load_dataset(data_root, task, spec, cache_dir=args.cache_dir, progress=False)
+    train_idx, val_idx = load_split(train_dir / "split.json", dataset)
+    labels = dataset.labels
+    if args.parity_max and len(val_idx) > args.parity_max:
+        val_idx = stratified_sample(labels, val_idx, args.parity_max, args.seed)
+    cal_idx = stratified_sample(labels, train_idx, args.calibration_size, args.seed)
+    calibration = dataset.rgb(cal_idx)
+    if args.calibration == "blank":
+        calibration = np.full_like(calibration, 128)
+        calibration[0] = 0
+        calibration[1] = 255
+    val_inputs = dataset.rgb(val_idx)
+    y_val = labels[val_idx]
+    logger.info("calibration %d images %s; parity on %d validation images", len(cal_idx),
+                np.bincount(labels[cal_idx]).tolist(), len(val_idx))
+
+    keras_probs = predict_probs(model, dataset.images[val_idx])
+    dense = model.get_layer(CLASSIFIER_LAYER)
+    kernel, bias = (np.asarray(w, dtype=np.float64) for w in dense.get_weights())
+    name = spec.name
+    stage = Path(tempfile.mkdtemp(prefix=f"export-{name}-"))
+    cam_model = with_feature_output(model)
+    files = {
+        f"{name}_fp16.tflite": lambda p: export_fp16(model, p),
+        f"{name}_int8.tflite": lambda p: export_int8(model, calibration, p),
+        f"{name}_fp16_cam.tflite": lambda p: export_fp16(cam_model, p),
+        f"{name}_int8_cam.tflite": lambda p: export_int8(cam_model, calibration, p),
+    }
+    for filename, make in files.items():
+        logger.info("converting %s", filename)
+        make(stage / filename)
+    labels_path = stage / f"{name}_labels.txt"
+    labels_path.write_text("\n".join(spec.labels) + "\n", encoding="utf-8")
+    spec = spec.replace(cam_weights=tuple(tuple(row) for row in kernel.tolist()), cam_bias=tuple(bias.tolist()))
+    spec_path = stage / f"{name}.spec.json"
+    spec.save(spec_path)
+    if not args.no_metadata:
+        for variant in ANDROID_VARIANTS:
+            attach_metadata(stage / f"{name}_{variant}.tflite", spec_path, labels_path, args.metadata_python)
+    spec = spec.replace(files={f: sha256_file(stage / f) for f in [*files, labels_path.name]})
+    spec.save(spec_path)
+
+    report = {"model": name, "keras_model": str(model_path), "validation_images": int(len(val_idx)),
+              "calibration_images": int(len(cal_idx)), "calibration": args.calibration, "files": {}}
+    failures = []
+    from training.gradcam import keras_cams
+    from edge_runtime.cam import compute_cam
+
+    cam_idx = np.arange(min(200, len(val_idx)))
+    keras_cam = keras_cams(model, val_inputs[cam_idx], keras_probs[cam_idx], spec)
+    for filename in files:
+        precision = "int8" if "_int8" in filename else "fp16"
+        probs, feats = run_tflite(stage / filename, val_inputs)
+        stats = compare(keras_probs, probs, y_val, spec)
+        stats["size_bytes"] = (stage / filename).stat().st_size
+        if feats is not None:
+            rs = []
+            for i in cam_idx:
+                cls = int(keras_probs[i].argmax())
+                edge = compute_cam(feats[i], kernel, cls).ravel()
+                ref = keras_cam[i].ravel()
+                if edge.std() > 0 and ref.std() > 0:
+                    rs.append(float(np.corrcoef(edge, ref)[0, 1]))
+            stats["cam_pearson_r_mean"] = float(np.mean(rs)) if rs else float("nan")
+            stats["cam_images"] = len(rs)
+        stats["gate_failures"] = gate(precision, stats)
+        failures += [f"{filename}: {f}" for f in stats["gate_failures"]]
+        report["files"][filename] = stats
+        logger.info("%s: %.1f KB, top-1 agreement %.4f, dAUC %+.4f, max |dp| %.4f%s", filename,
+                    stats["size_bytes"] / 1024, stats["top1_agreement"], stats["auc_delta"], stats["max_prob_diff"],
+                    f", CAM r {stats['cam_pearson_r_mean']:.3f}" if "cam_pearson_r_mean" in stats else "")
+    if failures and args.calibration == "data":
+        report["quantization_debugger_worst_layers"] = quantization_debug(model, calibration[:100])
+    report["passed"] = not failures
+    report["failures"] = failures
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_parity_report(report, args.out / f"{name}_parity")
+    if not failures or args.force:
+        for path in stage.iterdir():
+            shutil.move(str(path), args.out / path.name)
+    shutil.rmtree(stage, ignore_errors=True)
+    if failures:
+        raise ExportError("parity gate failed" + (" (files written anyway: --force)" if args.force else
+                                                  ", nothing shipped") + ":\n  " + "\n  ".join(failures)
+                          + f"\nreport: {args.out / (name + '_parity.md')}")
+    return report
+
+
+def write_parity_report(report: dict, stem: Path) -> None:
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    lines = [f"# Parity of {report['model']} exports with the Keras model", "",
+             f"Validation images: {report['validation_images']} (grouped split of the training data); "
+             f"int8 calibration: {report['calibration_images']} training images ({report['calibration']}).", "",
+             "| file | size KB | top-1 agreement | decision agreement | AUC Keras | AUC TFLite | delta AUC | "
+             "max abs prob diff | CAM r | gate |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for filename, s in report["files"].items():
+        cam = f"{s['cam_pearson_r_mean']:.3f}" if "cam_pearson_r_mean" in s else "-"
+        lines.append(f"| {filename} | {s['size_bytes'] / 1024:.1f} | {s['top1_agreement']:.4f} | "
+                     f"{s['decision_agreement']:.4f} | {s['auc_keras']:.4f} | {s['auc_tflite']:.4f} | "
+                     f"{s['auc_delta']:+.4f} | {s['max_prob_diff']:.4f} | {cam} | "
+                     f"{'pass' if not s['gate_failures'] else 'FAIL: ' + '; '.join(s['gate_failures'])} |")
+    lines += ["", "Gates: int8 top-1 agreement >= 0.99 and |delta AUC| <= 0.005; float16 agreement >= 0.999 and "
+              "|delta AUC| <= 0.005. CAM r: mean Pearson r between the edge CAM (feature-map output + dense weights) "
+              "and the Keras Grad-CAM, on up to 200 validation images."]
+    if report.get("quantization_debugger_worst_layers"):
+        lines += ["", "Worst layers by the TFLite quantization debugger (RMSE / scale):", ""]
+        lines += [f"- {r['tensor']}: {r['rmse/scale']:.3f}" for r in report["quantization_debugger_worst_layers"]]
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from edge_runtime.errors import CxrError
+
+    from .convert import ExportError
+
+    if not args.model.is_file():
+        logger.error("model file not found: %s", args.model)
+        return 2
+    try:
+        report = export_model(args)
+    except (ExportError, CxrError) as err:
+        logger.error("%s", err)
+        return 3
+    except subprocess.CalledProcessError as err:
+        logger.error("metadata writer failed (exit %s): %s", err.returncode, (err.stderr or "").strip()[-2000:])
+        return 4
+    summary = {f: {"size_kb": round(s["size_bytes"] / 1024, 1), "top1_agreement": s["top1_agreement"],
+                   "auc_delta": s["auc_delta"], "max_prob_diff": s["max_prob_diff"],
+                   **({"cam_r": s["cam_pearson_r_mean"]} if "cam_pearson_r_mean" in s else {})}
+               for f, s in report["files"].items()}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for f, s in summary.items():
+            print(f"{f:40s} {s['size_kb']:8.1f} KB  agreement {s['top1_agreement']:.4f}  "
+                  f"dAUC {s['auc_delta']:+.4f}  max|dp| {s['max_prob_diff']:.4f}"
+                  + (f"  CAM r {s['cam_r']:.3f}" if "cam_r" in s else ""))
+        print(f"parity gate passed; assets in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Keras -> float16 / full-int8 TFLite, one function per artifact, each returning its path."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: Calibration set size bounds: fewer is an error, fewer than the second a warning.
+MIN_CALIBRATION = 50
+RECOMMENDED_CALIBRATION = 300
+
+
+class ExportError(Exception):
+    """Conversion or its checks failed; the message says what to change."""
+
+
+def feature_layer_output(model):
+    from training.model import FEATURE_LAYER
+
+    try:
+        return model.get_layer(FEATURE_LAYER).output
+    except ValueError as err:
+        raise ExportError(f"model {model.name!r} has no layer named {FEATURE_LAYER!r}; it was not built by "
+                          "training.model.build_model") from err
+
+
+def with_feature_output(model):
+    """A model sharing ``model``'s layers that outputs (probabilities, last feature map)."""
+    import keras
+
+    return keras.Model(model.inputs, [model.outputs[0], feature_layer_output(model)], name=model.name + "_cam")
+
+
+def with_float_input(model):
+    """A copy of a linear ``model`` whose input is float32 0..255 instead of uint8.
+
+    Full-integer conversion needs a float input to calibrate; the converter then makes the
+    input uint8 with scale 1 and zero point 0 when calibration pixels span 0..255.
+    """
+    import keras
+
+    inputs = keras.Input(shape=model.inputs[0].shape[1:], dtype="float32", name="image")
+    tensors = {id(model.inputs[0]): inputs}
+    outputs = {}
+    for layer in model.layers[1:]:
+        node_inputs = layer._inbound_nodes[0].input_tensors
+        if len(node_inputs) != 1:
+            raise ExportError(f"layer {layer.name} has {len(node_inputs)} inputs; only linear models are supported")
+        result = layer(tensors[id(node_inputs[0])])
+        tensors[id(layer.output)] = result
+        outputs[layer.name] = result
+    wanted = [outputs[t._keras_history[0].name] for t in model.outputs]
+    return keras.Model(inputs, wanted if len(wanted) > 1 else wanted[0], name=model.name + "_float_input")
+
+
+def _converter(model):
+    import tensorflow as tf
+
+    return tf.lite.TFLiteConverter.from_keras_model(model)
+
+
+def export_fp16(model, out_path: str | Path) -> Path:
+    """Float16 weights, float32 compute; the uint8 input is kept (cast inside the graph)."""
+    import tensorflow as tf
+
+    converter = _converter(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_types = [tf.float16]
+    out_path = Path(out_path)
+    out_path.write_bytes(converter.convert())
+    return out_path
+
+
+def export_float32(model, out_path: str | Path) -> Path:
+    """Plain float32 conversion (for benchmarks and as a debugging reference)."""
+    out_path = Path(out_path)
+    out_path.write_bytes(_converter(model).convert())
+    return out_path
+
+
+def export_int8(model, calibration: np.ndarray, out_path: str | Path) -> Path:
+    """Full-integer quantization: uint8 input, int8 ops throughout, float32 outputs.
+
+    Outputs stay float32 (a final dequantize): an int8 softmax has 1/256 resolution either
+    way, and float outputs save Android code a dequantization step.
+
+    Args:
+        model: Keras model with uint8 input (a float-input twin is made for calibration).
+        calibration: (N, H, W, 3) uint8 images drawn through the evaluation preprocessing.
+        out_path: Destination file.
+
+    Raises:
+        ExportError: too few calibration images, or an input quantization other than the
+            identity (scale 1, zero point 0) that Android code feeding raw pixels relies on.
+    """
+    import tensorflow as tf
+
+    calibration = np.asarray(calibration)
+    if len(calibration) < MIN_CALIBRATION:
+        raise ExportError(f"int8 calibration needs at least {MIN_CALIBRATION} images, got {len(calibration)}")
+    if len(calibration) < RECOMMENDED_CALIBRATION:
+        logger.warning("only %d calibration images; %d or more are recommended", len(calibration),
+                       RECOMMENDED_CALIBRATION)
+
+    def representative() -> Iterable[list]:
+        for image in calibration:
+            yield [image[None].astype(np.float32)]
+
+    converter = _converter(with_float_input(model))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.uint8
+    converter.inference_output_type = tf.float32
+    out_path = Path(out_path)
+    out_path.write_bytes(converter.convert())
+    check_uint8_identity_input(out_path)
+    return out_path
+
+
+def check_uint8_identity_input(path: str | Path) -> None:
+    """Raise ExportError unless the model's input is uint8 with scale 1 and zero point 0."""
+    from edge_runtime.interpreter import make_interpreter
+
+    interpreter, _ = make_interpreter(str(path))
+    detail = interpreter.get_input_details()[0]
+    scale, zero_point = detail["quantization"]
+    if detail["dtype"] != np.uint8 or abs(scale - 1.0) > 1e-6 or zero_point != 0:
+        raise ExportError(
+            f"{path}: input is {detail['dtype'].__name__} with scale {scale} and zero point {zero_point}; "
+            "raw 0..255 pixels need uint8, scale 1, zero point 0. The calibration images must span 0..255")
+
+
+def quantization_debug(model, calibration: np.ndarray, top: int = 5) -> list[dict]:
+    """Per-layer int8 error from TFLite's quantization debugger, worst first.
+
+    Returns:
+        Dicts with the tensor name, op, RMSE divided by the quantization scale, and mean error.
+    """
+    import tensorflow as tf
+
+    def representative():
+        for image in calibration:
+            yield [image[None].astype(np.float32)]
+
+    converter = _converter(with_float_input(model))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=representative)
+    debugger.run()
+    rows = []
+    for name, stats in debugger.layer_statistics.items():
+        rows.append({"tensor": name, "rmse/scale": float(np.sqrt(stats["mean_squared_error"]) / stats["scale"])
+                     if stats.get("scale") else float("nan"),
+                     "mean_error": float(stats.get("mean_error", float("nan")))})
+    rows.sort(key=lambda r: -np.nan_to_num(r["rmse/scale"]))
+    return rows[:top]
