@@ -92,8 +92,6 @@ def export_model(args) -> dict:
     calibration = dataset.rgb(cal_idx)
     if args.calibration == "blank":
         calibration = np.full_like(calibration, 128)
-        calibration[0] = 0
-        calibration[1] = 255
     val_inputs = dataset.rgb(val_idx)
     y_val = labels[val_idx]
     logger.info("calibration %d images %s; parity on %d validation images", len(cal_idx),

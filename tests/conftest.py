@@ -13,7 +13,7 @@ from PIL import Image
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("CXR_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 ASSETS = REPO_ROOT / "android_assets"
-TINY_SIZE = 32
+TINY_SIZE = 64
 
 HAS_TF = importlib.util.find_spec("tensorflow") is not None
 needs_tf = pytest.mark.skipif(not HAS_TF, reason="needs TensorFlow (training/export environment)")
@@ -34,11 +34,11 @@ def synthetic_xray(rng: np.random.Generator, label: int, size: int = 64) -> np.n
              + np.exp(-(((xx - 0.7 - dx) / lung_w) ** 2 + ((yy - 0.5 - dy) / lung_h) ** 2)))
     image = body - rng.uniform(35, 55) * lungs + rng.normal(0, 8, (size, size))
     if label == 1:
-        image += 90 * np.exp(-(((xx - 0.3 - dx) / 0.09) ** 2 + ((yy - 0.55 - dy) / 0.12) ** 2))
+        image += 120 * np.exp(-(((xx - 0.3 - dx) / 0.12) ** 2 + ((yy - 0.55 - dy) / 0.15) ** 2))
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def write_synthetic_folder(root: Path, per_class: int = 40, seed: int = 0, size: int = 64,
+def write_synthetic_folder(root: Path, per_class: int = 50, seed: int = 0, size: int = 64,
                            patients_per_class: int = 10) -> Path:
     """Kermany-style folder: NORMAL/IM-xxxx-yyyy.jpeg and PNEUMONIA/personN_bacteria|virus_M.jpeg."""
     rng = np.random.default_rng(seed)
@@ -62,14 +62,14 @@ def synthetic_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_trained(tmp_path_factory, synthetic_data):
-    """A tiny model trained two epochs on the synthetic folder: its training output folder."""
+    """A tiny model trained a few epochs on the synthetic folder: its training output folder."""
     if not HAS_TF:
         pytest.skip("needs TensorFlow")
     from training.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("tiny model") / "run"
     config = TrainConfig(task="binary", data=str(synthetic_data), out=str(out), input_size=TINY_SIZE, width=0.5,
-                         epochs=3, batch_size=16, learning_rate=5e-3, patience=10, val_fraction=0.25, seed=0,
+                         epochs=10, batch_size=8, learning_rate=5e-3, patience=10, bn_momentum=0.8, val_fraction=0.25, seed=0,
                          augment=False, cache_dir=str(out.parent / "cache"), threads=2)
     summary = train(config)
     return out, summary

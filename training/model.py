@@ -24,6 +24,7 @@ def build_model(
     width: float = 1.0,
     dropout: float = 0.3,
     weight_decay: float = 1e-4,
+    bn_momentum: float = 0.99,
 ) -> keras.Model:
     """Build the classifier.
 
@@ -40,24 +41,25 @@ def build_model(
         width: Multiplier on every block's filter count.
         dropout: Dropout rate before the classifier.
         weight_decay: L2 penalty on convolution and dense kernels.
+        bn_momentum: Batch-normalisation moving-average momentum (lower for very short runs).
     """
     reg = keras.regularizers.L2(weight_decay) if weight_decay else None
     inputs = keras.Input(shape=(*input_size, 3), dtype="uint8", name="image")
     x = layers.Rescaling(1.0 / 255.0, name="scale")(inputs)
     x = layers.Conv2D(_scaled(16, width), 3, strides=2, padding="same", use_bias=False,
                       kernel_regularizer=reg, name="stem_conv")(x)
-    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.BatchNormalization(momentum=bn_momentum, name="stem_bn")(x)
     x = layers.ReLU(6.0, name="stem_relu")(x)
     last = len(BLOCKS) - 1
     for index, (filters, stride) in enumerate(BLOCKS):
         prefix = f"block{index}"
         x = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False,
                                    name=f"{prefix}_dw")(x)
-        x = layers.BatchNormalization(name=f"{prefix}_dw_bn")(x)
+        x = layers.BatchNormalization(momentum=bn_momentum, name=f"{prefix}_dw_bn")(x)
         x = layers.ReLU(6.0, name=f"{prefix}_dw_relu")(x)
         x = layers.Conv2D(_scaled(filters, width), 1, use_bias=False, kernel_regularizer=reg,
                           name=f"{prefix}_pw")(x)
-        x = layers.BatchNormalization(name=f"{prefix}_pw_bn")(x)
+        x = layers.BatchNormalization(momentum=bn_momentum, name=f"{prefix}_pw_bn")(x)
         x = layers.ReLU(6.0, name=FEATURE_LAYER if index == last else f"{prefix}_pw_relu")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dropout(dropout, name="dropout")(x)

@@ -40,6 +40,7 @@ class TrainConfig:
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     dropout: float = 0.3
+    bn_momentum: float = 0.99
     label_smoothing: float = 0.05
     patience: int = 7
     val_fraction: float = 0.2
@@ -180,7 +181,8 @@ def train(config: TrainConfig) -> dict:
                 len(train_idx), np.bincount(labels[train_idx], minlength=len(task.labels)).tolist(),
                 len(val_idx), np.bincount(labels[val_idx], minlength=len(task.labels)).tolist())
 
-    model = build_model(len(task.labels), spec.input_size, config.width, config.dropout, config.weight_decay)
+    model = build_model(len(task.labels), spec.input_size, config.width, config.dropout, config.weight_decay,
+                        config.bn_momentum)
     if config.weights:
         model.load_weights(config.weights)
         logger.info("initialised from local weights %s", config.weights)
@@ -295,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="peak learning rate (cosine schedule)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="L2 penalty on kernels")
     p.add_argument("--dropout", type=float, default=d.dropout)
+    p.add_argument("--bn-momentum", type=float, default=d.bn_momentum,
+                   help="batch-norm moving-average momentum (lower it for very short runs)")
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     p.add_argument("--patience", type=int, default=d.patience, help="epochs without validation AUC gain before stopping")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction)

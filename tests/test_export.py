@@ -1,0 +1,92 @@
+"""Export round trip on a tiny model: files load in the edge runtime and agree with Keras; the gate bites."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import needs_tf
+
+pytestmark = [needs_tf, pytest.mark.slow]
+
+
+def _keras_and_inputs(tiny_trained, synthetic_data):
+    import keras
+
+    from edge_runtime.spec import ModelSpec
+    from training.data import TASKS, load_dataset, load_split
+
+    train_dir, _ = tiny_trained
+    spec = ModelSpec.load(train_dir / "spec.json")
+    model = keras.saving.load_model(train_dir / "model.keras", compile=False)
+    dataset = load_dataset(synthetic_data, TASKS["binary"], spec, cache_dir=train_dir.parent / "cache", progress=False)
+    return model, dataset, spec
+
+
+def test_files_named_by_precision_and_size_with_spec(tiny_model_dir):
+    names = sorted(p.name for p in tiny_model_dir.iterdir())
+    for expected in ("cxr_binary_64_fp16.tflite", "cxr_binary_64_int8.tflite", "cxr_binary_64_fp16_cam.tflite",
+                     "cxr_binary_64_int8_cam.tflite", "cxr_binary_64_labels.txt", "cxr_binary_64.spec.json",
+                     "cxr_binary_64_parity.json", "cxr_binary_64_parity.md"):
+        assert expected in names
+    spec = json.loads((tiny_model_dir / "cxr_binary_64.spec.json").read_text())
+    from edge_runtime.spec import sha256_file
+
+    for filename, digest in spec["files"].items():
+        assert sha256_file(tiny_model_dir / filename) == digest
+    assert (tiny_model_dir / "cxr_binary_64_labels.txt").read_text().split() == ["NORMAL", "PNEUMONIA"]
+    assert len(spec["cam_weights"]) == spec["feature_map_shape"][2]
+
+
+def test_quantization_parameters_read_from_tensors(tiny_model_dir):
+    from edge_runtime.interpreter import make_interpreter
+
+    interpreter, _ = make_interpreter(tiny_model_dir / "cxr_binary_64_int8.tflite")
+    detail = interpreter.get_input_details()[0]
+    assert detail["dtype"] == np.uint8
+    assert detail["quantization"] == (1.0, 0)
+    fp16, _ = make_interpreter(tiny_model_dir / "cxr_binary_64_fp16.tflite")
+    assert fp16.get_input_details()[0]["dtype"] == np.uint8  # raw pixels for every precision
+
+
+def test_tflite_outputs_agree_with_keras(tiny_model_dir, tiny_trained, synthetic_data):
+    from export.parity import run_tflite
+    from training.train import predict_probs
+
+    model, dataset, _ = _keras_and_inputs(tiny_trained, synthetic_data)
+    keras_probs = predict_probs(model, dataset.images)
+    fp16, _ = run_tflite(tiny_model_dir / "cxr_binary_64_fp16.tflite", dataset.rgb())
+    int8, feats = run_tflite(tiny_model_dir / "cxr_binary_64_int8_cam.tflite", dataset.rgb())
+    # Tolerances for a barely trained tiny model, whose logits are large and steep: float16
+    # weights move probabilities by a few hundredths at most, int8 activations by a few tenths.
+    assert np.abs(fp16 - keras_probs).max() < 0.05
+    assert np.abs(int8 - keras_probs).max() < 0.25
+    assert np.mean(fp16.argmax(1) == keras_probs.argmax(1)) >= 0.95
+    assert feats.shape[1:] == (4, 4, 64)  # 64 px / 16, width 0.5 of 128 filters
+
+
+def test_parity_gate_fails_on_blank_calibration(tiny_trained, synthetic_data, tmp_path):
+    from export.__main__ import build_parser, export_model
+    from export.convert import ExportError
+
+    train_dir, _ = tiny_trained
+    args = build_parser().parse_args(["--model", str(train_dir / "model.keras"), "--data", str(synthetic_data),
+                                      "--out", str(tmp_path), "--calibration-size", "60", "--no-metadata",
+                                      "--calibration", "blank", "--cache-dir", str(train_dir.parent / "cache")])
+    with pytest.raises(ExportError, match="parity gate failed, nothing shipped"):
+        export_model(args)
+    assert not list(tmp_path.glob("*.tflite"))  # nothing shipped
+    report = json.loads((tmp_path / "cxr_binary_64_parity.json").read_text())
+    assert report["passed"] is False
+    assert any("int8" in f for f in report["failures"])
+
+
+def test_too_few_calibration_images_is_an_error(tiny_trained, tmp_path):
+    from export.convert import ExportError, export_int8
+    import keras
+
+    model = keras.saving.load_model(tiny_trained[0] / "model.keras", compile=False)
+    with pytest.raises(ExportError, match="at least 50"):
+        export_int8(model, np.zeros((10, 64, 64, 3), np.uint8), tmp_path / "x.tflite")

@@ -1,0 +1,59 @@
+"""Training learns a separable synthetic task; Grad-CAM has the right shape, range and focus."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import needs_tf, synthetic_xray
+
+pytestmark = needs_tf
+
+
+def test_two_class_training_learns_and_writes_its_outputs(tiny_trained):
+    out, summary = tiny_trained
+    for name in ("model.keras", "spec.json", "split.json", "config.json", "history.json", "curves.png",
+                 "validation.json", "validation.md", "validation_confusion.png", "validation_roc.png"):
+        assert (out / name).is_file(), name
+    assert summary["val_auc"] >= 0.9, summary
+    spec = json.loads((out / "spec.json").read_text())
+    assert 0 < spec["threshold"] < 1 and spec["training"]["seed"] == 0
+    report = json.loads((out / "validation.json").read_text())
+    assert report["screening"]["at_threshold"]["sensitivity"] >= 0.95
+
+
+def test_model_is_small_and_ends_in_gap_dense():
+    from training.model import CLASSIFIER_LAYER, FEATURE_LAYER, build_model
+
+    model = build_model(3, (160, 160))
+    assert model.count_params() < 1_000_000
+    assert model.get_layer(FEATURE_LAYER).output.shape[1:3] == (10, 10)
+    assert model.get_layer(CLASSIFIER_LAYER).get_weights()[0].shape[1] == 3
+    assert model.inputs[0].dtype == "uint8"
+
+
+def test_gradcam_range_shape_and_focus(tiny_trained):
+    import keras
+
+    from training.gradcam import gradcam_heatmaps
+
+    model = keras.saving.load_model(tiny_trained[0] / "model.keras", compile=False)
+    rng = np.random.default_rng(5)
+    from PIL import Image
+
+    images = np.stack([np.repeat(synthetic_xray(rng, 1)[..., None], 3, -1) for _ in range(16)])
+    cams = gradcam_heatmaps(model, images, np.ones(16, dtype=int))
+    assert cams.shape == (16, 4, 4)
+    assert cams.min() >= 0 and cams.max() <= 1
+    # The opacity (centre x 0.3, y 0.55 of the image) lies in the left half: the PNEUMONIA map
+    # should put more weight there than in the right half.
+    assert cams[:, :, :2].sum() > cams[:, :, 2:].sum()
+
+
+def test_all_zero_map_stays_zero():
+    from edge_runtime.cam import normalize_map
+
+    assert not normalize_map(np.zeros((4, 4))).any()
+    assert normalize_map(np.array([[0.0, 2.0]])).tolist() == [[0.0, 1.0]]
