@@ -57,3 +57,35 @@ def test_all_zero_map_stays_zero():
 
     assert not normalize_map(np.zeros((4, 4))).any()
     assert normalize_map(np.array([[0.0, 2.0]])).tolist() == [[0.0, 1.0]]
+
+
+def test_evaluate_command_writes_reports_on_a_labelled_folder(tiny_trained, synthetic_data, tmp_path, capsys):
+    from training.evaluate import main
+
+    code = main(["--model", str(tiny_trained[0] / "model.keras"), "--data", str(synthetic_data), "--out",
+                 str(tmp_path / "report out"), "--bootstrap", "50", "--cache-dir", str(tiny_trained[0].parent / "cache")])
+    assert code == 0
+    report = json.loads((tmp_path / "report out" / "evaluation.json").read_text())
+    assert report["n"] == 100 and report["class_counts"] == {"NORMAL": 50, "PNEUMONIA": 50}
+    for key in ("sensitivity", "specificity", "ppv", "npv", "f1"):
+        assert 0 <= report["screening"]["at_threshold"][key] <= 1
+    assert (tmp_path / "report out" / "evaluation_confusion.png").stat().st_size > 1000
+    assert "Screening ROC AUC" in capsys.readouterr().out
+
+
+def test_evaluate_names_a_missing_class_folder(tiny_trained, tmp_path):
+    from training.evaluate import main
+
+    (tmp_path / "NORMAL").mkdir()
+    assert main(["--model", str(tiny_trained[0] / "model.keras"), "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_cli_help_is_reachable():
+    from training.__main__ import main
+
+    assert main(["--help"]) == 0
+    with pytest.raises(SystemExit) as exit_info:
+        from training.train import main as train_main
+
+        train_main(["--help"])
+    assert exit_info.value.code == 0

@@ -1,8 +1,7 @@
 """Clinic web page and JSON API for the edge runtime: a Flask app served by waitress, offline."""
 
 from .app import ApiError, create_app
-from .config import WebConfig, default_log_path, is_loopback
+from .config import WebConfig, is_loopback
 from .server import WebServer, create_server, serve
 
-__all__ = ["ApiError", "WebConfig", "WebServer", "create_app", "create_server", "default_log_path",
-           "is_loopback", "serve"]
+__all__ = ["ApiError", "WebConfig", "WebServer", "create_app", "create_server", "is_loopback", "serve"]

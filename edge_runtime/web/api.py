@@ -16,6 +16,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request, send_file, url_for
 
 from ..cam import colorize, encode_png, fit_within, upsample
+from ..camera import CameraError
 from ..errors import (
     ImageTooLargeError,
     InvalidImageError,
@@ -87,28 +88,54 @@ def _threshold_rule(negative_label: str, threshold: float) -> str:
 @api.post("/classify")
 def classify() -> Response:
     """Classify one uploaded image (multipart field ``file``)."""
-    state = get_state()
     upload = request.files.get("file")
     if upload is None:
         raise ApiError(400, "missing_file", "send the image as a multipart/form-data field named 'file'")
-    want_heatmap = _flag("heatmap")
-    want_preview = _flag("preview")
-    try:
-        entry = state.registry.get((request.form.get("model") or request.args.get("model") or "").strip())
-    except UnknownModelError as err:
-        raise ApiError(400, "unknown_model", str(err), models=list(state.registry.entries)) from None
+    options = _classify_options()
     data = upload.stream.read()
     if not data:
         raise ApiError(400, "empty_file", "the uploaded file is empty")
     if sniff_format(data) is None:
         raise ApiError(415, "unsupported_format",
                        "only JPEG, PNG and DICOM images are accepted, and this file's content is none of them")
+    return _classify_and_answer(data, "web", *options)
+
+
+@api.post("/camera/classify")
+def camera_classify() -> Response:
+    """Take one frame from the device's camera (e.g. a film on a lightbox) and classify it."""
+    state = get_state()
+    if state.camera is None:
+        raise ApiError(404, "camera_unavailable", "this device has no camera")
+    options = _classify_options()
+    try:
+        frame = state.camera()
+    except CameraError as err:
+        logger.error("camera failed: %s", err)
+        raise ApiError(503, err.code, "the camera did not deliver a frame; see the server log") from None
+    return _classify_and_answer(frame, "camera", *options)
+
+
+def _classify_options():
+    state = get_state()
+    want_heatmap = _flag("heatmap")
+    want_preview = _flag("preview")
+    try:
+        entry = state.registry.get((request.form.get("model") or request.args.get("model") or "").strip())
+    except UnknownModelError as err:
+        raise ApiError(400, "unknown_model", str(err), models=list(state.registry.entries)) from None
+    return entry, want_heatmap, want_preview
+
+
+def _classify_and_answer(source, origin: str, entry, want_heatmap: bool, want_preview: bool) -> Response:
+    state = get_state()
     classifier = state.registry.classifier(entry.name)
     has_heatmap = bool(getattr(classifier, "has_heatmap", False))
     try:
-        result = classifier.classify(data, heatmap=has_heatmap)
+        # The heatmap is cheap (one matrix product): always kept for the report and history.
+        result = classifier.classify(source, heatmap=has_heatmap)
     except NotChestXrayError as err:
-        logger.info("refused an upload: not a chest X-ray (%s)", err.reason)
+        logger.info("refused an image: not a chest X-ray (%s)", err.reason)
         raise ApiError(422, "not_chest_xray", _clean_message(err), reason=err.reason,
                        details=_jsonable(err.details)) from None
     except ImageTooLargeError as err:
@@ -116,13 +143,13 @@ def classify() -> Response:
     except UnsupportedFormatError as err:
         raise ApiError(415, err.code, _clean_message(err)) from None
     except InvalidImageError as err:
-        logger.info("refused an upload: %s", err.code)
+        logger.info("refused an image: %s", err.code)
         raise ApiError(422, err.code, _clean_message(err)) from None
 
     warnings: list[str] = []
     if want_heatmap and not has_heatmap:
         warnings.append(f"model file {entry.model_path.name} has no feature-map output: no heatmap")
-    row_id = _record(state, result, warnings)
+    row_id = _record(state, result, origin, warnings)
     preview = None
     if want_preview or (want_heatmap and result.heatmap is not None):
         preview = fit_within(result.image, PREVIEW_SIDE)
@@ -155,7 +182,8 @@ def classify() -> Response:
     if want_preview:
         height, width = preview.shape[:2]
         body["preview"] = _image_json("image/jpeg", encode_jpeg(preview, 88), width, height)
-    logger.info("classified: row=%s model=%s latency=%.0f ms", row_id, entry.name, result.latency_ms)
+    logger.info("classified: row=%s model=%s source=%s latency=%.0f ms", row_id, entry.name, origin,
+                result.latency_ms)
     return jsonify(body)
 
 
@@ -171,11 +199,11 @@ def _jsonable(details: dict) -> dict:
     return out
 
 
-def _record(state, result, warnings: list[str]) -> int | None:
+def _record(state, result, origin: str, warnings: list[str]) -> int | None:
     """Keep the images and the log row; on failure the result is still returned, with a warning."""
     try:
         heatmap_path = state.store.save(result.image_sha256, result.image, result.model_sha256, result.heatmap)
-        return int(state.log.record(result, source="web",
+        return int(state.log.record(result, source=origin,
                                     heatmap_path=str(heatmap_path) if heatmap_path else None))
     except Exception as err:  # noqa: BLE001 - a full disk must not hide the result from the clinician
         logger.error("could not write the screening log: %s", err)
@@ -244,6 +272,7 @@ def health() -> Response:
         "runtime": runtime,
         "log": {"ok": log_ok, "count": count},
         "auth_required": bool(state.config.token),
+        "camera": state.camera is not None,
         "uptime_s": round(time.time() - state.started, 1),
         "versions": _versions(),
     })

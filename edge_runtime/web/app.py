@@ -16,6 +16,7 @@ from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ..errors import CxrError, ModelError
+from .camera import FrameTaker, detect_camera
 from .config import WebConfig, is_loopback
 from .models import ModelEntry, ModelRegistry, discover_models
 from .store import ImageStore, images_dir_for
@@ -67,6 +68,7 @@ class WebState:
     registry: ModelRegistry
     log: Any
     store: ImageStore
+    camera: Any = None
     started: float = dataclasses.field(default_factory=time.time)
 
     def close(self) -> None:
@@ -135,7 +137,6 @@ def _default_classifier_factory(config: WebConfig):
 def _open_log(path: Path):
     from ..log import ScreeningLog
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     return ScreeningLog(path)
 
 
@@ -154,22 +155,24 @@ def create_app(config: WebConfig | Mapping[str, Any] | None = None) -> Flask:
 
     Raises:
         ModelError: no usable model was found, or ``default_model`` is not among them.
+        LogError: the screening log cannot be opened.
         ValueError: invalid settings (e.g. a too-short token).
     """
     config = WebConfig.coerce(config)
-    entries = discover_models(config.models, config.precision)
+    entries = discover_models(config.resolved_models(), config.precision)
     make = config.classifier_factory or _default_classifier_factory(config)
     registry = ModelRegistry(entries, make, config.default_model)
     log_path = config.resolved_log_path()
+    source = detect_camera() if config.camera == "auto" else config.camera
+    camera = FrameTaker(source) if source is not None else None
     state = WebState(config=config, registry=registry, log=_open_log(log_path),
-                     store=ImageStore(images_dir_for(log_path)))
+                     store=ImageStore(images_dir_for(log_path)), camera=camera)
 
     app = Flask(__name__, static_folder=str(_HERE / "static"), template_folder=str(_HERE / "templates"))
     app.config.update(
         MAX_CONTENT_LENGTH=config.max_upload_bytes,
-        MAX_FORM_MEMORY_SIZE=64 * 1024,
+        MAX_FORM_MEMORY_SIZE=1024 * 1024,  # text fields only; must exceed the 64 KiB parse chunk
         MAX_FORM_PARTS=32,
-        JSON_SORT_KEYS=False,
         SEND_FILE_MAX_AGE_DEFAULT=3600,
         TEMPLATES_AUTO_RELOAD=False,
     )
@@ -191,7 +194,8 @@ def _install_guards(app: Flask, config: WebConfig) -> None:
     def guard() -> Response | None:
         if config.token:
             if not _token_matches(request.headers.get("Authorization", ""), config.token):
-                message = "authentication required: send the token as 'Authorization: Bearer <token>' or as the basic-auth password"
+                message = ("authentication required: send the token as 'Authorization: Bearer <token>' "
+                           "or as the basic-auth password")
                 if _wants_json():
                     return error_response(401, "unauthorized", message, {"WWW-Authenticate": _AUTH_CHALLENGE})
                 return Response(message + "\n", 401, {"WWW-Authenticate": _AUTH_CHALLENGE,

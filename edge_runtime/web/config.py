@@ -20,16 +20,6 @@ DEFAULT_MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 MIN_TOKEN_LENGTH = 12
 #: Model file precision tried first when a spec lists several files.
 DEFAULT_PRECISION = "int8"
-#: Environment variable read by :func:`default_log_path`.
-LOG_PATH_ENV = "CXR_EDGE_LOG"
-
-
-def default_log_path() -> Path:
-    """Where the screening log lives when none is given: ``$CXR_EDGE_LOG`` or the user's data dir."""
-    if os.environ.get(LOG_PATH_ENV):
-        return Path(os.environ[LOG_PATH_ENV])
-    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return base / "cxr-edge" / "screenings.sqlite"
 
 
 def is_loopback(host: str) -> bool:
@@ -49,9 +39,11 @@ class WebConfig:
 
     Attributes:
         models: A models folder (every ``*.spec.json`` in it), a spec file, a ``.tflite`` file,
-            or a sequence of these.
-        log_path: SQLite screening log; ``None`` means :func:`default_log_path`. Thumbnails are
-            kept in ``<log stem>-images/`` beside it.
+            or a sequence of these; ``None``: :func:`edge_runtime.models.find_models_dir`
+            (``$CXR_MODELS``, the installed models, the repository's ``android_assets/``).
+        log_path: SQLite screening log; ``None``: :func:`edge_runtime.log.default_log_path`
+            (``$CXR_LOG`` or ``~/.local/share/cxr-edge/screenings.db``). Thumbnails are kept in
+            ``<log stem>-images/`` beside it.
         token: Shared secret. When set, every request must carry it as ``Authorization: Bearer
             <token>`` or as the password of HTTP basic auth (any user name).
         require_token: Refuse to start without a token (set by ``serve`` for non-loopback hosts).
@@ -63,12 +55,14 @@ class WebConfig:
         quality_gate: Refuse inputs that do not look like chest X-rays.
         verify_sha256: Refuse model files whose sha256 differs from their spec.
         history_limit: Rows shown by the history page.
+        camera: ``"auto"`` (the Pi camera when picamera2 reports one), ``None`` (no camera), or
+            an :class:`edge_runtime.camera.FrameSource` (opened for each frame, then released).
         classifier_factory: ``f(entry: ModelEntry) -> classifier``; by default the runtime's
             :class:`~edge_runtime.classifier.Classifier` with the settings above (tests may pass
             a stand-in).
     """
 
-    models: PathLike | Sequence[PathLike] = "android_assets"
+    models: PathLike | Sequence[PathLike] | None = None
     log_path: PathLike | None = None
     token: str | None = None
     require_token: bool = False
@@ -79,6 +73,7 @@ class WebConfig:
     quality_gate: bool = True
     verify_sha256: bool = True
     history_limit: int = 50
+    camera: Any = "auto"
     classifier_factory: Callable[..., Any] | None = None
 
     def __post_init__(self):
@@ -88,8 +83,8 @@ class WebConfig:
             self.token = None
         if self.require_token and not self.token:
             raise ValueError(
-                "a token is required when the server is reachable from other machines: pass "
-                "token=... (cxr-edge serve --token, or the CXR_EDGE_TOKEN environment variable)")
+                "a token is required when the server is reachable from other machines (any address "
+                f"but 127.0.0.1/::1/localhost): give one of at least {MIN_TOKEN_LENGTH} characters")
         if self.token and len(self.token) < MIN_TOKEN_LENGTH:
             raise ValueError(f"token is too short: use at least {MIN_TOKEN_LENGTH} characters "
                              "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(18))')")
@@ -99,6 +94,8 @@ class WebConfig:
             raise ValueError(f"precision must be 'int8' or 'fp16', got {self.precision!r}")
         if self.num_threads < 1:
             raise ValueError(f"num_threads must be at least 1, got {self.num_threads}")
+        if not (self.camera is None or self.camera == "auto" or hasattr(self.camera, "capture")):
+            raise ValueError("camera must be 'auto', None or an edge_runtime.camera.FrameSource")
         if not 1 <= self.history_limit <= 1000:
             raise ValueError(f"history_limit must be in 1..1000, got {self.history_limit}")
 
@@ -118,5 +115,21 @@ class WebConfig:
         raise TypeError(f"config must be a WebConfig or a mapping, got {type(config).__name__}")
 
     def resolved_log_path(self) -> Path:
-        """The log path to use (``log_path`` or the default)."""
-        return Path(self.log_path) if self.log_path is not None else default_log_path()
+        """The log path to use (``log_path`` or the log's default)."""
+        if self.log_path is not None:
+            return Path(self.log_path)
+        from ..log import default_log_path
+
+        return default_log_path()
+
+    def resolved_models(self) -> PathLike | Sequence[PathLike]:
+        """The model sources to use (``models`` or the shipped models folder).
+
+        Raises:
+            ModelError: ``models`` is None and no models folder is found.
+        """
+        if self.models is not None:
+            return self.models
+        from ..models import find_models_dir
+
+        return find_models_dir()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ..errors import ModelError
+from ..models import list_models
 from ..spec import SPEC_SUFFIX, ModelSpec, find_spec_for_model
 
 logger = logging.getLogger(__name__)
@@ -53,34 +54,32 @@ class ModelEntry:
 def choose_model_file(spec: ModelSpec, folder: Path, precision: str) -> Path | None:
     """Pick the file to run among those a spec lists and that exist in ``folder``.
 
-    Preference: ``<precision>_cam``, any ``_cam`` (heatmaps need the feature-map output), then
-    ``<precision>``, then any other ``.tflite``.
+    Preference: the heatmap (``*_cam``) file of ``precision``, any heatmap file, a plain file of
+    ``precision``, any other. Heatmaps need the ``*_cam`` file's feature-map output.
     """
-    present = sorted(name for name in (spec.files or {}) if name.endswith(".tflite") and (folder / name).is_file())
+    files = [m for m in list_models(folder) if m["name"] == spec.name]
+    if not files:
+        return None
 
-    def rank(name: str) -> tuple[int, str]:
-        stem = name[: -len(".tflite")]
-        cam = stem.endswith("_cam")
-        matches_precision = f"_{precision}" in stem
-        return (0 if cam else 2) + (0 if matches_precision else 1), name
+    def rank(model: dict) -> tuple[int, int, str]:
+        return (0 if model["heatmap"] else 1), (0 if model["precision"] == precision else 1), model["file"]
 
-    return folder / min(present, key=rank) if present else None
+    return Path(min(files, key=rank)["path"])
 
 
-def _entries_from_spec(spec_path: Path, precision: str, model_path: Path | None = None) -> ModelEntry | None:
+def _entry(spec_path: Path, precision: str, model_path: Path | None = None) -> ModelEntry | None:
     spec = ModelSpec.load(spec_path)
-    folder = spec_path.parent
     if model_path is None:
-        model_path = choose_model_file(spec, folder, precision)
+        model_path = choose_model_file(spec, spec_path.parent, precision)
         if model_path is None:
-            logger.warning("%s lists no .tflite file present in %s; skipped", spec_path.name, folder)
+            logger.warning("%s lists no .tflite file present in %s; skipped", spec_path.name, spec_path.parent)
             return None
     return ModelEntry(name=spec.name, spec=spec, spec_path=spec_path, model_path=model_path,
                       has_heatmap=model_path.name.endswith("_cam.tflite"))
 
 
 def discover_models(sources: Any, precision: str = "int8") -> list[ModelEntry]:
-    """Find the models to offer.
+    """Find the models to offer: one per spec (task), running its best file.
 
     Args:
         sources: A folder (each ``*.spec.json`` in it), a spec file, a ``.tflite`` file (run as
@@ -100,11 +99,11 @@ def discover_models(sources: Any, precision: str = "int8") -> list[ModelEntry]:
         path = Path(source)
         found: list[ModelEntry | None]
         if path.is_dir():
-            found = [_entries_from_spec(p, precision) for p in sorted(path.glob("*" + SPEC_SUFFIX))]
+            found = [_entry(p, precision) for p in sorted(path.glob("*" + SPEC_SUFFIX))]
         elif path.is_file() and path.name.endswith(SPEC_SUFFIX):
-            found = [_entries_from_spec(path, precision)]
+            found = [_entry(path, precision)]
         elif path.is_file() and path.suffix == ".tflite":
-            found = [_entries_from_spec(find_spec_for_model(path), precision, model_path=path)]
+            found = [_entry(find_spec_for_model(path), precision, model_path=path)]
         else:
             raise ModelError(f"model source not found: {path} (expected a folder of *{SPEC_SUFFIX} files, "
                              "a spec file or a .tflite file)")
@@ -136,24 +135,30 @@ class ModelRegistry:
     def __init__(self, entries: list[ModelEntry], make_classifier: Callable[[ModelEntry], Any],
                  default_model: str | None = None):
         self.entries = {entry.name: entry for entry in entries}
-        if default_model is not None and default_model not in self.entries:
-            raise ModelError(f"default model {default_model!r} is not among {list(self.entries)}")
-        self.default_name = default_model or entries[0].name
+        self.default_name = entries[0].name
+        if default_model:
+            try:
+                self.default_name = self.get(default_model).name
+            except UnknownModelError:
+                raise ModelError(f"default model {default_model!r} is not among {list(self.entries)}") from None
         self._make = make_classifier
         self._classifiers: dict[str, Any] = {}
         self._locks = {name: threading.Lock() for name in self.entries}
 
     def get(self, name: str | None) -> ModelEntry:
-        """The entry for ``name`` (``None`` or ``""``: the default).
+        """The entry for ``name``: a spec name, or a task (``binary``, ``etiology``, ``covid``)
+        offered by one model only; ``None`` or ``""``: the default.
 
         Raises:
             UnknownModelError: no such model.
         """
         key = name or self.default_name
-        try:
+        if key in self.entries:
             return self.entries[key]
-        except KeyError:
-            raise UnknownModelError(f"unknown model {key!r}; this server offers {list(self.entries)}") from None
+        by_task = [entry for entry in self.entries.values() if entry.spec.task == key]
+        if len(by_task) == 1:
+            return by_task[0]
+        raise UnknownModelError(f"unknown model {key!r}; this server offers {list(self.entries)}")
 
     def classifier(self, name: str | None) -> Any:
         """The shared classifier of a model, created on first use.

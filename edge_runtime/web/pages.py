@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, render_template, request
+from flask import Blueprint, Response, render_template
 
 from .api import history_label_arg, public_row
 from .app import get_state
@@ -19,9 +19,16 @@ def _common() -> dict:
 @pages.get("/")
 def index() -> str:
     """Upload an image, choose the model, see the result."""
-    registry = get_state().registry
-    return render_template("index.html", models=list(registry.entries.values()),
-                           default_model=registry.default_name, heatmap_note=HEATMAP_NOTE)
+    state = get_state()
+    registry = state.registry
+    entries = list(registry.entries.values())
+    tasks = [entry.spec.task for entry in entries]
+    # Two models of one task (e.g. two input sizes) are told apart by their names.
+    models = [(entry, entry.title if tasks.count(entry.spec.task) == 1 else f"{entry.title} - {entry.name}")
+              for entry in entries]
+    return render_template("index.html", models=models,
+                           default_model=registry.default_name, heatmap_note=HEATMAP_NOTE,
+                           camera=state.camera is not None)
 
 
 @pages.get("/history")

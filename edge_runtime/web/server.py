@@ -68,11 +68,11 @@ class WebServer:
         from waitress import wasyncore
 
         server = self._server
-        single = hasattr(server, "pull_trigger")
+        single = hasattr(server, "trigger")
         if single and self._thread is not None and self._thread.is_alive():
             # Close every channel from inside the serving loop (sockets are not closed under a
             # running select() in another thread); the loop ends when its map is empty.
-            server.pull_trigger(lambda: wasyncore.close_all(server._map))
+            server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
             server.task_dispatcher.shutdown()
         elif single:
             server.task_dispatcher.shutdown()
@@ -92,7 +92,7 @@ class WebServer:
 
 
 def create_server(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                  models: PathLike | Sequence[PathLike] = "android_assets", token: str | None = None,
+                  models: PathLike | Sequence[PathLike] | None = None, token: str | None = None,
                   *, threads: int = DEFAULT_THREADS, preload: bool = True, **settings: Any) -> WebServer:
     """Build the app and bind its waitress server, without serving yet.
 
@@ -127,11 +127,11 @@ def create_server(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
 
 
 def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-          models: PathLike | Sequence[PathLike] = "android_assets", token: str | None = None,
+          models: PathLike | Sequence[PathLike] | None = None, token: str | None = None,
           *, log_path: PathLike | None = None, threads: int = DEFAULT_THREADS,
           max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, precision: str = DEFAULT_PRECISION,
           default_model: str | None = None, num_threads: int = 1, quality_gate: bool = True,
-          verify_sha256: bool = True, preload: bool = True) -> None:
+          verify_sha256: bool = True, camera: bool = True, preload: bool = True) -> None:
     """Serve the clinic page and JSON API with waitress until interrupted (Ctrl+C or SIGTERM).
 
     Args:
@@ -139,11 +139,12 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
             non-loopback address (e.g. ``0.0.0.0``) requires ``token``.
         port: TCP port (0 picks a free one).
         models: Models folder (each ``*.spec.json`` in it), spec file, ``.tflite`` file, or a
-            sequence of these.
+            sequence of these; ``None``: the shipped models (``$CXR_MODELS``, the installed
+            package's models, the repository's ``android_assets/``).
         token: Shared secret, sent by clients as ``Authorization: Bearer <token>`` or as the
             basic-auth password (browsers prompt for it). At least 12 characters.
-        log_path: SQLite screening log (default ``$CXR_EDGE_LOG`` or
-            ``~/.local/share/cxr-edge/screenings.sqlite``); images go to ``<stem>-images/`` beside it.
+        log_path: SQLite screening log (default ``$CXR_LOG`` or
+            ``~/.local/share/cxr-edge/screenings.db``); thumbnails go to ``<stem>-images/`` beside it.
         threads: waitress request threads.
         max_upload_bytes: Largest upload accepted (HTTP 413 beyond).
         precision: Model file precision preferred when a spec lists several (``int8``/``fp16``).
@@ -151,17 +152,20 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
         num_threads: Interpreter threads per model.
         quality_gate: Refuse inputs that do not look like chest X-rays.
         verify_sha256: Refuse model files whose sha256 differs from their spec.
+        camera: Offer "take a frame from the camera" when picamera2 reports a Pi camera.
         preload: Load the default model before accepting requests.
 
     Raises:
         ValueError: a non-loopback ``host`` without a token, or invalid settings.
         ModelError: no usable model was found, or the default model cannot be loaded.
+        LogError: the screening log cannot be opened.
         OSError: the port cannot be bound.
     """
     server = create_server(host, port, models, token, threads=threads, preload=preload, log_path=log_path,
                            max_upload_bytes=max_upload_bytes, precision=precision,
                            default_model=default_model, num_threads=num_threads,
-                           quality_gate=quality_gate, verify_sha256=verify_sha256)
+                           quality_gate=quality_gate, verify_sha256=verify_sha256,
+                           camera="auto" if camera else None)
     previous = None
     if threading.current_thread() is threading.main_thread():
         def _terminate(signum, frame):
@@ -169,10 +173,11 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
 
         previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        server.run()
+        server.run()  # waitress itself returns on KeyboardInterrupt (Ctrl+C, or SIGTERM above)
     except KeyboardInterrupt:
-        logger.info("stopping")
+        pass
     finally:
+        logger.info("stopping")
         server.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -154,18 +154,15 @@
     resultBox.scrollIntoView({ behavior: "smooth", block: "start" });
   }
 
-  form.addEventListener("submit", function (event) {
-    event.preventDefault();
-    var file = chosenFile();
-    if (!file) { return; }
+  function send(url, file) {
     var data = new FormData();
-    data.append("file", file);
+    if (file) { data.append("file", file); }
     data.append("model", byId("model").value);
     data.append("heatmap", "true");
     data.append("preview", "true");
     submit.disabled = true;
     statusText.textContent = "Screening...";
-    fetch(form.action, { method: "POST", body: data, credentials: "same-origin" })
+    fetch(url, { method: "POST", body: data, credentials: "same-origin" })
       .then(function (response) {
         return response.json().then(
           function (body) { return { status: response.status, ok: response.ok, body: body }; },
@@ -181,7 +178,18 @@
         statusText.textContent = "";
         submit.disabled = !chosenFile();
       });
+  }
+
+  form.addEventListener("submit", function (event) {
+    event.preventDefault();
+    var file = chosenFile();
+    if (file) { send(form.action, file); }
   });
+
+  var camera = byId("camera");
+  if (camera) {
+    camera.addEventListener("click", function () { send(camera.dataset.url, null); });
+  }
 
   byId("again").addEventListener("click", function () {
     form.reset();
