@@ -220,6 +220,7 @@ class Classifier:
                              "for heatmaps")
         started = time.perf_counter()
         timings = {}
+        name = None
         if isinstance(image, np.ndarray):
             rgb = load_image(image)
             digest = hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
@@ -233,7 +234,7 @@ class Classifier:
             from .quality import check_chest_xray
 
             mark = time.perf_counter()
-            quality = check_chest_xray(rgb)
+            quality = check_chest_xray(rgb, name=name)
             timings["quality"] = (time.perf_counter() - mark) * 1000.0
         mark = time.perf_counter()
         prepared = prepare_input(rgb, self.spec)

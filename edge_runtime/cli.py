@@ -1,0 +1,621 @@
+"""cxr-edge: the command line of the edge runtime (classify, watch, camera, history, demo, serve)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from . import __version__
+from .camera import CameraError
+from .errors import CxrError, ModelError, RuntimeUnavailableError
+from .log import LogError
+
+logger = logging.getLogger("cxr_edge")
+
+#: Exit codes (also in ``--help``).
+EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+#: Files taken from a folder given to ``classify`` (files named explicitly are always tried).
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom")
+#: Errors after which nothing more can be classified: they end the command with exit code 2.
+FATAL_ERRORS = (ModelError, RuntimeUnavailableError, LogError, CameraError)
+#: Environment variable naming the demo's sample folder.
+SAMPLES_ENV = "CXR_SAMPLES"
+
+_EPILOG = """\
+exit codes:
+  0    every input was classified
+  1    some inputs could not be classified (unreadable, or not a chest X-ray); the others were
+  2    usage error, or the model, runtime, camera or screening log could not be used
+  130  interrupted (Ctrl+C)
+
+environment:
+  CXR_MODELS   folder of shipped models (*.tflite with their *.spec.json)
+  CXR_LOG      screening log file (default ~/.local/share/cxr-edge/screenings.db)
+  CXR_SAMPLES  sample X-rays for `cxr-edge demo`
+
+A screening aid, not a diagnosis: every positive result must be reviewed by a clinician.
+"""
+
+
+# --------------------------------------------------------------------------------------------
+# argument parsing
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _alpha(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 1640x1232, got {text!r}") from None
+    return width, height
+
+
+def _common_options(heatmap_default_help: str = "no heatmaps") -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("model and output options")
+    group.add_argument("--model", default="binary", metavar="NAME|PATH",
+                       help="shipped model name: binary, etiology or covid, optionally with a precision "
+                            "(binary-fp16, covid-int8); or the path of a .tflite file "
+                            "(default: %(default)s, the int8 model with heatmap output)")
+    group.add_argument("--heatmap", type=Path, metavar="DIR",
+                       help=f"write an original | heatmap PNG per image into DIR (default: {heatmap_default_help})")
+    group.add_argument("--alpha", type=_alpha, default=0.4,
+                       help="heatmap opacity in the overlay, 0-1 (default: %(default)s)")
+    group.add_argument("--threads", type=_positive_int, default=1, help="interpreter threads (default: %(default)s)")
+    group.add_argument("--log", type=Path, metavar="PATH",
+                       help="screening log (SQLite) to record every result in "
+                            "(default: $CXR_LOG or ~/.local/share/cxr-edge/screenings.db)")
+    group.add_argument("--no-log", action="store_true", help="do not record results in the screening log")
+    group.add_argument("--no-quality-gate", action="store_true",
+                       help="classify even images that do not look like chest X-rays (not recommended)")
+    group.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``cxr-edge`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="cxr-edge",
+        description="Offline chest X-ray screening (pneumonia, its type, COVID-19) with heatmaps, on a "
+                    "Raspberry Pi or a laptop. Start with `cxr-edge demo`.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"cxr-edge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = _common_options()
+
+    def add(name: str, help_text: str, description: str, parents=(common,)) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=description, epilog=_EPILOG, parents=list(parents),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = add("classify", "classify image files or folders",
+            "Classify X-ray images (JPEG, PNG, BMP, TIFF, DICOM) and print one line per image. A file that "
+            "cannot be classified is reported on stderr and the others go on.")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders of images")
+    p.add_argument("--recursive", action="store_true", help="also look in sub-folders of folders")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object per image (path, label, probabilities, threshold, decision, "
+                        "latency_ms ...) instead of a table")
+    p.set_defaults(handler=cmd_classify)
+
+    p = add("watch", "classify each new file in a scanner folder, once",
+            "Watch a folder (e.g. where a scanner or PACS export drops files) and classify every new file "
+            "exactly once, also across restarts: files already in the screening log are not classified again. "
+            "Files still being written are left until they stop changing. Stop with Ctrl+C.")
+    p.add_argument("folder", type=Path, metavar="DIR", help="folder to watch")
+    p.add_argument("--processed", type=Path, metavar="DIR", help="move classified files here (default: leave them)")
+    p.add_argument("--failed", type=Path, metavar="DIR",
+                   help="move files that could not be classified here, with a .error.txt note "
+                        "(default: leave them, marked by the note)")
+    p.add_argument("--interval", type=_non_negative_float, default=1.0,
+                   help="seconds between scans (default: %(default)s)")
+    p.add_argument("--settle", type=_non_negative_float, default=2.0,
+                   help="seconds a file must stay unchanged before it is read (default: %(default)s)")
+    p.add_argument("--once", action="store_true", help="handle the files present, then exit")
+    p.add_argument("--json", action="store_true", help="print one JSON object per file")
+    p.set_defaults(handler=cmd_watch)
+
+    p = add("camera", "classify frames from the Raspberry Pi camera",
+            "Capture a frame from the Pi camera (picamera2; e.g. a film on a light box) and classify it; with "
+            "--interval, keep capturing until Ctrl+C or --count frames.")
+    p.add_argument("--interval", type=_non_negative_float, metavar="SECONDS",
+                   help="capture a frame every SECONDS (default: one frame only)")
+    p.add_argument("--count", type=_positive_int, help="stop after this many frames")
+    p.add_argument("--size", type=_size, default=(1640, 1232), metavar="WxH", help="frame size (default: 1640x1232)")
+    p.add_argument("--camera-num", type=int, default=0, help="camera index when several are connected (default: 0)")
+    p.add_argument("--save-frames", type=Path, metavar="DIR", help="also save each frame as a PNG in DIR")
+    p.add_argument("--json", action="store_true", help="print one JSON object per frame")
+    p.set_defaults(handler=cmd_camera)
+
+    p = add("history", "show recent screenings from the log",
+            "Show the most recent screenings in the log, or export them as CSV.",
+            parents=())
+    p.add_argument("--log", type=Path, metavar="PATH",
+                   help="screening log (default: $CXR_LOG or ~/.local/share/cxr-edge/screenings.db)")
+    p.add_argument("--limit", type=_positive_int, default=20, help="rows to show (default: %(default)s)")
+    p.add_argument("--label", help="only rows with this label (e.g. PNEUMONIA)")
+    p.add_argument("--csv", type=Path, metavar="FILE", help="export the whole log (or --label rows) as CSV to FILE; "
+                                                             "'-' for stdout")
+    p.add_argument("--json", action="store_true", help="print one JSON object per row")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    p.set_defaults(handler=cmd_history)
+
+    p = add("demo", "run the bundled model on sample X-rays (start here)",
+            "Classify the sample X-rays (by default the 24 full-resolution originals in "
+            "../shared/data/fullres_sample next to this checkout; or --samples DIR, or $CXR_SAMPLES), write "
+            "heatmap overlays, and compare the screening decisions with the folder names (NORMAL/PNEUMONIA). "
+            "Demo results go to the screening log only when --log names one.",
+            parents=(_common_options("~/.local/share/cxr-edge/demo"),))
+    p.add_argument("--samples", type=Path, metavar="DIR", help="folder of sample X-rays in per-class sub-folders")
+    p.set_defaults(handler=cmd_demo)
+
+    p = add("serve", "serve the clinic web page and JSON API",
+            "Serve the web page and JSON API (waitress). Loopback only unless --host and --token are given. "
+            "Every result is recorded in the screening log.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8080, help="TCP port (default: %(default)s)")
+    p.add_argument("--token", default=os.environ.get("CXR_TOKEN"),
+                   help="shared secret required from clients (needed for a non-loopback --host; default: $CXR_TOKEN)")
+    p.add_argument("--models", type=Path, metavar="DIR", help="models folder to offer (default: the shipped models)")
+    p.set_defaults(handler=cmd_serve)
+
+    p = add("models", "list the shipped models", "List the model files found (name, task, precision, size).",
+            parents=())
+    p.add_argument("--json", action="store_true", help="print one JSON object per model file")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    p.set_defaults(handler=cmd_models)
+    return parser
+
+
+# --------------------------------------------------------------------------------------------
+# shared helpers
+
+def _out(line: str = "") -> None:
+    print(line, flush=True)
+
+
+def _err(message: str) -> None:
+    print(f"cxr-edge: {message}", file=sys.stderr, flush=True)
+
+
+def _error_text(name: str, err: BaseException) -> str:
+    """The error message, prefixed with the input's name unless the message already starts with it."""
+    message = str(err)
+    if not message.startswith(name):
+        message = f"{name}: {message}"
+    return f"{message} [{getattr(err, 'code', 'error')}]"
+
+
+def _report_failure(name: str, err: BaseException) -> None:
+    if isinstance(err, CxrError):
+        _err("error: " + _error_text(name, err))
+    else:  # a bug or an exotic file: say so, keep the traceback for --verbose
+        logger.info("unexpected error on %s", name, exc_info=err)
+        _err(f"error: {name}: unexpected {type(err).__name__}: {err}")
+
+
+def open_classifier(args):
+    """The classifier named by ``--model`` (exits 2 via ModelError when unusable)."""
+    from .classifier import Classifier, ClassifierOptions
+    from .models import resolve_model
+
+    path = resolve_model(args.model)
+    options = ClassifierOptions(num_threads=args.threads, quality_gate=not args.no_quality_gate)
+    classifier = Classifier(path, options)
+    if getattr(args, "heatmap", None) is not None and not classifier.has_heatmap:
+        classifier.close()
+        raise ModelError(f"{path.name} has no heatmap output; use a *_cam.tflite model (e.g. --model binary) "
+                         "or drop --heatmap")
+    logger.info("model %s (%s) on %s", path, classifier.spec.name, classifier.runtime)
+    return classifier
+
+
+def open_log(args):
+    """The screening log, or None with ``--no-log``."""
+    if getattr(args, "no_log", False):
+        return None
+    from .log import ScreeningLog, default_log_path
+
+    return ScreeningLog(args.log or default_log_path())
+
+
+def open_camera(args):
+    """The frame source for ``camera`` (tests replace this function with a fake)."""
+    from .camera import PiCameraSource
+
+    return PiCameraSource(size=args.size, camera_num=args.camera_num)
+
+
+def _row(result, path: str, heatmap, row_id) -> dict:
+    data = {
+        "path": path,
+        "label": result.label,
+        "probabilities": {k: round(float(v), 6) for k, v in result.probabilities.items()},
+        "score": round(float(result.score), 6),
+        "threshold": float(result.threshold),
+        "decision": result.decision,
+        "latency_ms": round(float(result.latency_ms), 3),
+    }
+    if heatmap is not None:
+        data["heatmap"] = str(heatmap)
+    if row_id is not None:
+        data["log_id"] = row_id
+    return data
+
+
+_TABLE_HEADER = f"{'label':<12} {'score':>6} {'thresh':>6} {'decision':<41} {'ms':>7}  file"
+
+
+def _table_line(row: dict) -> str:
+    return (f"{row['label']:<12} {row['score']:>6.3f} {row['threshold']:>6.3f} {row['decision']:<41} "
+            f"{row['latency_ms']:>7.1f}  {row['path']}")
+
+
+def _classify_one(classifier, log, source, name: str, heatmap_dir: Path | None, alpha: float):
+    """Classify, write the heatmap, record; returns (result, heatmap path, log row id)."""
+    from .watch import heatmap_name, save_overlay
+
+    result = classifier.classify(source, heatmap=heatmap_dir is not None)
+    heatmap = None
+    if heatmap_dir is not None:
+        heatmap = save_overlay(result, heatmap_dir / heatmap_name(Path(name).name, result.image_sha256), alpha=alpha)
+    row_id = log.record(result, source=name, heatmap_path=heatmap) if log is not None else None
+    return result, heatmap, row_id
+
+
+def expand_inputs(paths: Iterable[Path], recursive: bool = False) -> tuple[list[Path], list[Path]]:
+    """(files to classify, files skipped): files named, and image files inside folders named.
+
+    In folders, files with an image suffix or no suffix at all (DICOM files often have none)
+    are taken, sorted; other files are returned as skipped and hidden files ignored. A missing
+    path is taken as is (its error is reported when it is read).
+    """
+    taken, skipped = [], []
+    for path in paths:
+        if not path.is_dir():
+            taken.append(path)
+            continue
+        walker = path.rglob("*") if recursive else path.iterdir()
+        for child in sorted(walker):
+            if child.name.startswith(".") or not child.is_file():
+                continue
+            if child.suffix.lower() in IMAGE_SUFFIXES or child.suffix == "":
+                taken.append(child)
+            else:
+                skipped.append(child)
+    return taken, skipped
+
+
+# --------------------------------------------------------------------------------------------
+# commands
+
+def cmd_classify(args) -> int:
+    """``cxr-edge classify``: classify files and folders; exit 1 when some could not be."""
+    classifier = open_classifier(args)
+    log = open_log(args)
+    ok = failed = 0
+    try:
+        if not args.json:
+            _out(_TABLE_HEADER)
+        files, skipped = expand_inputs(args.paths, args.recursive)
+        if skipped:
+            _err(f"skipped {len(skipped)} file(s) without an image suffix in the folders given: "
+                 + ", ".join(p.name for p in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+        for path in files:
+            try:
+                result, heatmap, row_id = _classify_one(classifier, log, path, str(path), args.heatmap, args.alpha)
+            except FATAL_ERRORS:
+                raise
+            except Exception as err:  # noqa: BLE001 - one bad file must not stop the batch
+                failed += 1
+                _report_failure(str(path), err)
+                continue
+            ok += 1
+            row = _row(result, str(path), heatmap, row_id)
+            _out(json.dumps(row) if args.json else _table_line(row))
+    finally:
+        classifier.close()
+        if log is not None:
+            log.close()
+    if not args.json or failed:
+        print(f"{ok} classified, {failed} failed", file=sys.stderr, flush=True)
+    if ok + failed == 0:
+        _err("error: no image files found in " + ", ".join(str(p) for p in args.paths))
+        return EXIT_SOME_FAILED
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def cmd_watch(args) -> int:
+    """``cxr-edge watch``: classify each new file of a folder once (see :func:`edge_runtime.watch.watch_folder`)."""
+    from .watch import CLASSIFIED, DUPLICATE, watch_folder
+
+    if not args.folder.is_dir():
+        _err(f"error: watch folder not found: {args.folder}")
+        return EXIT_ERROR
+    classifier = open_classifier(args)
+    log = open_log(args)
+    if log is None:
+        logger.warning("--no-log: files are not remembered across restarts")
+    failed = 0
+    stop = threading.Event()
+    try:
+        if not args.json:
+            _out(_TABLE_HEADER)
+        for outcome in watch_folder(args.folder, classifier, log, processed_dir=args.processed,
+                                    failed_dir=args.failed, heatmap_dir=args.heatmap, poll_interval=args.interval,
+                                    settle_seconds=args.settle, stop_event=stop, once=args.once, alpha=args.alpha):
+            if outcome.status == CLASSIFIED:
+                row = _row(outcome.result, str(outcome.path), outcome.heatmap_path, outcome.row_id)
+                _out(json.dumps(row) if args.json else _table_line(row))
+            elif outcome.status == DUPLICATE:
+                if args.json:
+                    _out(json.dumps({"path": str(outcome.path), "status": DUPLICATE}))
+                else:
+                    _err(f"{outcome.path}: already screened with this model; skipped")
+            else:
+                failed += 1
+                if args.json:
+                    _out(json.dumps({"path": str(outcome.path), "status": outcome.status,
+                                     "error": outcome.error, "code": outcome.error_code}))
+                _err("error: " + (outcome.error or str(outcome.path)) + f" [{outcome.error_code}]")
+    finally:
+        stop.set()
+        classifier.close()
+        if log is not None:
+            log.close()
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def cmd_camera(args) -> int:
+    """``cxr-edge camera``: classify one frame, or one every ``--interval`` seconds."""
+    from PIL import Image
+
+    classifier = open_classifier(args)
+    log = open_log(args)
+    ok = failed = 0
+    try:
+        with open_camera(args) as camera:
+            if not args.json:
+                _out(_TABLE_HEADER)
+            while True:
+                stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+                name = f"camera-{stamp}"
+                frame = camera.capture()
+                if args.save_frames is not None:
+                    args.save_frames.mkdir(parents=True, exist_ok=True)
+                    name = str(args.save_frames / f"{name}.png")
+                    Image.fromarray(frame).save(name)
+                try:
+                    result, heatmap, row_id = _classify_one(classifier, log, frame, name, args.heatmap, args.alpha)
+                    ok += 1
+                    row = _row(result, name, heatmap, row_id)
+                    _out(json.dumps(row) if args.json else _table_line(row))
+                except FATAL_ERRORS:
+                    raise
+                except Exception as err:  # noqa: BLE001 - one bad frame must not stop the loop
+                    failed += 1
+                    _report_failure(name, err)
+                if args.interval is None or (args.count is not None and ok + failed >= args.count):
+                    break
+                time.sleep(args.interval)
+    finally:
+        classifier.close()
+        if log is not None:
+            log.close()
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def cmd_history(args) -> int:
+    """``cxr-edge history``: recent rows of the screening log, or all of them as CSV."""
+    from .log import ScreeningLog, default_log_path
+
+    path = args.log or default_log_path()
+    if not Path(path).is_file():
+        _err(f"no screening log yet at {path}")
+        return EXIT_OK
+    with ScreeningLog(path) as log:
+        if args.csv is not None:
+            if str(args.csv) == "-":
+                count = log.export_csv(sys.stdout, label=args.label)
+            else:
+                count = log.export_csv(args.csv, label=args.label)
+                _err(f"wrote {count} rows to {args.csv}")
+            return EXIT_OK
+        rows = log.recent(limit=args.limit, label=args.label)
+        total = log.count(args.label)
+    if args.json:
+        for row in rows:
+            _out(json.dumps(row))
+        return EXIT_OK
+    _out(f"{'id':>5}  {'time (UTC)':<19}  {'label':<12} {'score':>6} {'decision':<41} source")
+    for row in rows:
+        _out(f"{row['id']:>5}  {row['time'][:19].replace('T', ' '):<19}  {row['label']:<12} {row['score']:>6.3f} "
+             f"{row['decision']:<41} {row['source'] or ''}")
+    _err(f"{len(rows)} of {total} screenings{' labelled ' + args.label if args.label else ''} in {path}")
+    return EXIT_OK
+
+
+def default_samples_dirs() -> list[Path]:
+    """Where ``demo`` looks for samples without ``--samples``: ``$CXR_SAMPLES``, else
+    ``../shared/data/fullres_sample`` beside the checkout holding this package, or beside the
+    current folder (an installed package run from the checkout)."""
+    if os.environ.get(SAMPLES_ENV):
+        return [Path(os.environ[SAMPLES_ENV]).expanduser()]
+    relative = Path("shared") / "data" / "fullres_sample"
+    return [Path(__file__).resolve().parent.parent.parent / relative, Path.cwd().parent / relative]
+
+
+def default_demo_dir() -> Path:
+    """Where ``demo`` writes its heatmaps without ``--heatmap``: ``~/.local/share/cxr-edge/demo``."""
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "cxr-edge" / "demo"
+
+
+def cmd_demo(args) -> int:
+    """``cxr-edge demo``: the shipped model on the sample X-rays, compared with their folder labels."""
+    candidates = [args.samples] if args.samples else default_samples_dirs()
+    samples = next((c for c in candidates if c.is_dir()), None)
+    if samples is None:
+        _err(f"error: no sample X-rays at {' or '.join(str(c) for c in candidates)}. Pass --samples DIR (a folder "
+             f"with NORMAL/ and PNEUMONIA/ sub-folders) or set ${SAMPLES_ENV}")
+        return EXIT_ERROR
+    files, _ = expand_inputs([samples], recursive=True)
+    if not files:
+        _err(f"error: no images in {samples}")
+        return EXIT_ERROR
+    heatmap_dir = args.heatmap or default_demo_dir()
+    args.heatmap = heatmap_dir
+    started = time.perf_counter()
+    classifier = open_classifier(args)
+    load_ms = (time.perf_counter() - started) * 1000.0
+    # Demo runs are not screenings: they go to the log only when a log file is named.
+    log = open_log(args) if args.log else None
+    negative = classifier.spec.negative_label
+    agree = failed = positives = true_pos = negatives = true_neg = 0
+    latencies = []
+    try:
+        _out(f"cxr-edge demo: {classifier.spec.name} ({classifier.model_path.name}) on {len(files)} X-rays from "
+             f"{samples}")
+        _out(f"{'folder':<10} {'model says':<12} {'score':>6}  {'agrees':<6} {'ms':>7}  file")
+        for path in files:
+            folder = path.parent.name if path.parent != samples else "?"
+            try:
+                result, _, _ = _classify_one(classifier, log, path, str(path), heatmap_dir, args.alpha)
+            except FATAL_ERRORS:
+                raise
+            except Exception as err:  # noqa: BLE001
+                failed += 1
+                _report_failure(str(path), err)
+                continue
+            latencies.append(result.latency_ms)
+            verdict = "-"
+            if folder != "?":
+                truth_positive = folder.upper() != negative.upper()
+                same = result.positive == truth_positive
+                agree += same
+                positives += truth_positive
+                true_pos += truth_positive and same
+                negatives += not truth_positive
+                true_neg += (not truth_positive) and same
+                verdict = "yes" if same else "NO"
+            _out(f"{folder:<10} {result.label:<12} {result.score:>6.3f}  {verdict:<6} {result.latency_ms:>7.1f}  "
+                 f"{path.relative_to(samples)}")
+    finally:
+        classifier.close()
+        if log is not None:
+            log.close()
+    labelled = positives + negatives
+    median = statistics.median(latencies) if latencies else float("nan")
+    _out(f"summary: {agree} of {labelled} screening decisions agreed with the folder labels "
+         f"(abnormal found {true_pos}/{positives}, normal cleared {true_neg}/{negatives}); "
+         f"{failed} failed; median {median:.0f} ms per image (model loaded in {load_ms:.0f} ms); "
+         f"heatmaps in {heatmap_dir}")
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def cmd_serve(args) -> int:
+    """``cxr-edge serve``: the clinic web page and JSON API (:func:`edge_runtime.web.serve`)."""
+    from .models import find_models_dir, resolve_model
+    from .spec import ModelSpec, find_spec_for_model
+
+    try:
+        from . import web
+    except ImportError as err:
+        _err(f"error: the web server needs Flask and waitress: pip install 'cxr-edge[web]' ({err})")
+        return EXIT_ERROR
+    from .log import default_log_path
+
+    models_dir = args.models or find_models_dir()
+    model_path = resolve_model(args.model, models_dir)
+    spec = ModelSpec.load(find_spec_for_model(model_path))
+    precision = "fp16" if "_fp16" in model_path.name else "int8"
+    if args.no_log:
+        _err("note: the web server always records results; --no-log is ignored")
+    # The server's start-up lines (address, authentication, models) are for the operator.
+    logging.getLogger("edge_runtime.web").setLevel(logging.INFO)
+    if not logging.getLogger().handlers or logging.getLogger().level > logging.INFO:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logging.getLogger("edge_runtime.web").addHandler(handler)
+        logging.getLogger("edge_runtime.web").propagate = False
+    try:
+        web.serve(host=args.host, port=args.port, models=str(models_dir), token=args.token,
+                  log_path=args.log or default_log_path(), num_threads=args.threads, precision=precision,
+                  default_model=spec.name, quality_gate=not args.no_quality_gate)
+    except (ValueError, OSError) as err:  # unsafe binding without a token, port in use ...
+        _err(f"error: {err}")
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def cmd_models(args) -> int:
+    """``cxr-edge models``: the model files found, with task, precision and size."""
+    from .models import find_models_dir, list_models
+
+    folder = find_models_dir()
+    models = list_models(folder)
+    if args.json:
+        for model in models:
+            _out(json.dumps(model))
+        return EXIT_OK
+    _out(f"{'task':<9} {'precision':<9} {'heatmap':<7} {'size':>9}  file   (in {folder})")
+    for m in models:
+        _out(f"{m['task']:<9} {m['precision'] or '?':<9} {'yes' if m['heatmap'] else 'no':<7} "
+             f"{m['size'] / 1e6:>7.2f}MB  {m['file']}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``cxr-edge``; returns the exit code (see ``cxr-edge --help``)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version (0) or a usage error (2): a code, not an exception
+        return exit_.code if isinstance(exit_.code, int) else EXIT_ERROR
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return EXIT_INTERRUPTED
+    except CxrError as err:  # model, runtime, log or camera: nothing can be classified
+        _err(f"error: {err}")
+        return EXIT_ERROR
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as err:
+        _err(f"error: {err}")
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

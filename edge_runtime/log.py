@@ -1,0 +1,288 @@
+"""The screening log: every result in SQLite (WAL, synchronous=FULL), acknowledged only once on disk."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import logging
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Mapping, TextIO, Union
+
+from .errors import CxrError
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+#: Environment variable naming the log file (used by the CLI).
+LOG_PATH_ENV = "CXR_LOG"
+#: Schema version kept in ``PRAGMA user_version``.
+SCHEMA_VERSION = 1
+
+#: Columns, in table and CSV order.
+COLUMNS = ("id", "time", "source", "image_sha256", "label", "probabilities", "score", "threshold", "decision",
+           "model_name", "model_sha256", "heatmap_path", "latency_ms", "patient_id")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS screenings (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    time          TEXT    NOT NULL,  -- UTC, ISO 8601
+    source        TEXT,              -- file path, 'camera', 'web' ...
+    image_sha256  TEXT    NOT NULL,
+    label         TEXT    NOT NULL,
+    probabilities TEXT    NOT NULL,  -- JSON object label -> probability
+    score         REAL    NOT NULL,
+    threshold     REAL    NOT NULL,
+    decision      TEXT    NOT NULL,
+    model_name    TEXT    NOT NULL,
+    model_sha256  TEXT    NOT NULL,
+    heatmap_path  TEXT,
+    latency_ms    REAL,
+    patient_id    TEXT               -- NULL unless the log was opened with store_patient_ids=True
+);
+CREATE INDEX IF NOT EXISTS screenings_seen ON screenings (image_sha256, model_sha256);
+CREATE INDEX IF NOT EXISTS screenings_label ON screenings (label, id);
+"""
+
+# Spreadsheet programs run cells starting with these as formulas (CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+class LogError(CxrError):
+    """The screening log cannot be opened or written (not a database, read-only, disk full)."""
+
+    code = "log_error"
+
+
+def default_log_path() -> Path:
+    """``$CXR_LOG``, else ``$XDG_DATA_HOME/cxr-edge/screenings.db`` (``~/.local/share/...``)."""
+    if os.environ.get(LOG_PATH_ENV):
+        return Path(os.environ[LOG_PATH_ENV]).expanduser()
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "cxr-edge" / "screenings.db"
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _field(result: Any, name: str, default: Any = None) -> Any:
+    if isinstance(result, Mapping):
+        return result.get(name, default)
+    return getattr(result, name, default)
+
+
+class ScreeningLog:
+    """Append-only record of screenings in one SQLite file.
+
+    Durability: WAL journal with ``synchronous=FULL``, so :meth:`record` returns only after the
+    row's commit reached the disk; a power cut or ``kill -9`` afterwards cannot lose it.
+    Thread safety: one connection shared under a lock, so request threads of a web server may
+    call any method; several processes may open the same file (SQLite locks it, and a writer
+    waits up to ``timeout`` seconds).
+
+    Args:
+        path: SQLite file; created with its folder when missing.
+        store_patient_ids: Keep the ``patient_id`` passed to :meth:`record`. Off by default: the
+            log then holds no patient identifier (the image is known only by its sha256).
+        timeout: Seconds to wait for another process's write lock.
+
+    Raises:
+        LogError: the file cannot be created or is not a screening log.
+    """
+
+    def __init__(self, path: PathLike, *, store_patient_ids: bool = False, timeout: float = 30.0):
+        self.path = Path(path)
+        self.store_patient_ids = bool(store_patient_ids)
+        self._lock = threading.RLock()
+        self._warned_patient_id = False
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
+            self._conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None,
+                                         check_same_thread=False)
+        except (OSError, sqlite3.Error) as err:
+            raise LogError(f"cannot open the screening log {self.path}: {err}") from err
+        try:
+            self._conn.row_factory = sqlite3.Row
+            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                logger.warning("%s: journal mode is %s, not WAL (network file system?)", self.path, mode)
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise LogError(f"{self.path} has schema version {version}; this cxr-edge reads up to "
+                               f"{SCHEMA_VERSION}: upgrade cxr-edge")
+            self._conn.executescript(_SCHEMA)
+            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            columns = [row[1] for row in self._conn.execute("PRAGMA table_info(screenings)")]
+            if tuple(columns) != COLUMNS:
+                raise LogError(f"{self.path}: table 'screenings' has columns {columns}, expected {list(COLUMNS)}")
+        except sqlite3.DatabaseError as err:
+            self._conn.close()
+            raise LogError(f"{self.path} is not a usable screening log: {err}") from err
+        except LogError:
+            self._conn.close()
+            raise
+
+    # -- writing ---------------------------------------------------------------------------
+    def record(self, result: Any, source: str | None = None, heatmap_path: PathLike | None = None,
+               patient_id: str | None = None) -> int:
+        """Append one result; return its row id once the row is committed to disk.
+
+        Args:
+            result: A :class:`edge_runtime.classifier.Result` (or a mapping with its fields).
+            source: Where the image came from: a file path, ``camera``, ``web``.
+            heatmap_path: The heatmap/overlay file written for it, if any.
+            patient_id: Stored only when the log was opened with ``store_patient_ids=True``.
+
+        Returns:
+            The new row's id.
+
+        Raises:
+            LogError: the row could not be written (disk full, read-only file ...).
+        """
+        if patient_id is not None and not self.store_patient_ids:
+            if not self._warned_patient_id:
+                logger.warning("patient ids are not stored: open the log with store_patient_ids=True to keep them")
+                self._warned_patient_id = True
+            patient_id = None
+        probabilities = {str(k): float(v) for k, v in dict(_field(result, "probabilities") or {}).items()}
+        latency = _field(result, "latency_ms")
+        row = (
+            _utc_now(),
+            None if source is None else str(source),
+            str(_field(result, "image_sha256")),
+            str(_field(result, "label")),
+            json.dumps(probabilities, sort_keys=False),
+            float(_field(result, "score")),
+            float(_field(result, "threshold")),
+            str(_field(result, "decision")),
+            str(_field(result, "model_name")),
+            str(_field(result, "model_sha256")),
+            None if heatmap_path is None else str(heatmap_path),
+            None if latency is None else float(latency),
+            None if patient_id is None else str(patient_id),
+        )
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    cursor = conn.execute(
+                        f"INSERT INTO screenings ({', '.join(COLUMNS[1:])}) VALUES ({', '.join('?' * len(row))})",
+                        row)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as err:
+                raise LogError(f"could not write to the screening log {self.path}: {err}") from err
+            return int(cursor.lastrowid)
+
+    # -- reading ---------------------------------------------------------------------------
+    @staticmethod
+    def _to_dict(row: sqlite3.Row) -> dict:
+        data = dict(row)
+        try:
+            data["probabilities"] = json.loads(data["probabilities"] or "{}")
+        except ValueError:
+            logger.warning("row %s: unreadable probabilities %r", data.get("id"), data["probabilities"])
+            data["probabilities"] = {}
+        return data
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise LogError(f"the screening log {self.path} is closed")
+        return self._conn
+
+    def _query(self, sql: str, params: tuple = ()) -> list:
+        with self._lock:
+            try:
+                return self._connection().execute(sql, params).fetchall()
+            except sqlite3.Error as err:
+                raise LogError(f"could not read the screening log {self.path}: {err}") from err
+
+    def recent(self, limit: int = 50, label: str | None = None) -> list[dict]:
+        """The newest rows first (``probabilities`` decoded), optionally of one label only."""
+        if label is None:
+            rows = self._query("SELECT * FROM screenings ORDER BY id DESC LIMIT ?", (int(limit),))
+        else:
+            rows = self._query("SELECT * FROM screenings WHERE label = ? ORDER BY id DESC LIMIT ?",
+                               (str(label), int(limit)))
+        return [self._to_dict(row) for row in rows]
+
+    def get(self, row_id: int) -> dict | None:
+        """One row by id, or None."""
+        rows = self._query("SELECT * FROM screenings WHERE id = ?", (int(row_id),))
+        return self._to_dict(rows[0]) if rows else None
+
+    def count(self, label: str | None = None) -> int:
+        """Number of rows (of one label)."""
+        if label is None:
+            return int(self._query("SELECT COUNT(*) FROM screenings")[0][0])
+        return int(self._query("SELECT COUNT(*) FROM screenings WHERE label = ?", (str(label),))[0][0])
+
+    def seen(self, image_sha256: str, model_sha256: str) -> bool:
+        """True when this image content was already screened with this model file."""
+        rows = self._query("SELECT 1 FROM screenings WHERE image_sha256 = ? AND model_sha256 = ? LIMIT 1",
+                           (str(image_sha256), str(model_sha256)))
+        return bool(rows)
+
+    def export_csv(self, path_or_file: PathLike | TextIO, label: str | None = None) -> int:
+        """Write the log (oldest first) as CSV with a header row.
+
+        ``probabilities`` is a JSON object; the ``patient_id`` column is included only when
+        the log stores patient ids. Text cells that a spreadsheet would run as a formula are
+        prefixed with ``'``.
+
+        Args:
+            path_or_file: A file path, or an open text stream (e.g. ``io.StringIO``).
+            label: Export only rows with this label.
+
+        Returns:
+            Number of data rows written.
+        """
+        columns = COLUMNS if self.store_patient_ids else COLUMNS[:-1]
+        sql = f"SELECT {', '.join(columns)} FROM screenings"
+        params: tuple = ()
+        if label is not None:
+            sql += " WHERE label = ?"
+            params = (str(label),)
+        rows = self._query(sql + " ORDER BY id", params)
+
+        def write(stream: TextIO) -> int:
+            writer = csv.writer(stream)
+            writer.writerow(columns)
+            for row in rows:
+                writer.writerow([("'" + v) if isinstance(v, str) and v.startswith(_FORMULA_START) else v
+                                 for v in tuple(row)])
+            return len(rows)
+
+        if hasattr(path_or_file, "write"):
+            return write(path_or_file)  # type: ignore[arg-type]
+        with open(path_or_file, "w", newline="", encoding="utf-8") as stream:
+            return write(stream)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the database (idempotent)."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None  # type: ignore[assignment]
+
+    def __enter__(self) -> "ScreeningLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ScreeningLog({str(self.path)!r})"

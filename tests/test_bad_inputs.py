@@ -1,0 +1,107 @@
+"""The fixed bad-input corpus: each file gets its specific error, fast, with a message naming it."""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import corpus
+from edge_runtime.errors import (
+    ImageTooLargeError,
+    ImageTooSmallError,
+    InvalidImageError,
+    NotChestXrayError,
+    UnsupportedFormatError,
+)
+from edge_runtime.imaging import load_image, read_bytes
+from edge_runtime.quality import check_chest_xray
+
+
+def screen(source):
+    """What the classifier does before the model: read, decode, quality gate."""
+    data, name = read_bytes(source)
+    return check_chest_xray(load_image(data, name=name), name=name)
+
+
+def _dicom(build):
+    def make():
+        pytest.importorskip("pydicom")
+        return build()
+    return make
+
+
+BAD_CORPUS = [
+    ("empty.jpeg", lambda: b"", InvalidImageError, "empty file"),
+    ("truncated.jpeg", corpus.truncated_jpeg, InvalidImageError, "truncated"),
+    ("notes.txt", lambda: b"Patient came in with a cough.\n" * 20, InvalidImageError, "not a recognised image"),
+    ("report.pdf", lambda: b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog >>\nendobj\n",
+     UnsupportedFormatError, "PDF"),
+    ("page.jpg", lambda: b"<!DOCTYPE html><html><body>login</body></html>", UnsupportedFormatError, "HTML"),
+    ("archive.png", lambda: b"PK\x03\x04" + b"\0" * 100, UnsupportedFormatError, "ZIP"),
+    ("bomb.png", corpus.png_bomb, ImageTooLargeError, "pixels"),
+    ("big.png", lambda: corpus.png_bomb(10_000, 10_000), ImageTooLargeError, "the limit is"),
+    ("dot.png", lambda: corpus.encode(Image.new("L", (1, 1), 128), "PNG"), ImageTooSmallError, "1x1"),
+    ("holiday.jpeg", corpus.colour_photo_jpeg, NotChestXrayError, "colour"),
+    ("blank.png", lambda: corpus.encode(Image.new("L", (400, 400), 0), "PNG"), NotChestXrayError, "blank"),
+    ("no-pixels.dcm", _dicom(corpus.dicom_without_pixels), UnsupportedFormatError, "no pixel data"),
+    ("compressed.dcm", _dicom(corpus.dicom_compressed), UnsupportedFormatError, "decoder"),
+    ("colour.dcm", _dicom(corpus.dicom_rgb), UnsupportedFormatError, "greyscale"),
+]
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize("filename, build, error, words", BAD_CORPUS, ids=[c[0] for c in BAD_CORPUS])
+def test_bad_input_gets_its_specific_error(tmp_path, filename, build, error, words):
+    path = tmp_path / "bad inputs" / filename
+    path.parent.mkdir()
+    path.write_bytes(build())
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(error) as info:
+            screen(path)
+        elapsed = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert type(info.value) is error  # the specific class, not just a parent
+    assert str(path) in str(info.value), "the message must name the file"
+    assert words.lower() in str(info.value).lower()
+    assert info.value.code == error.code
+    # Bounded refusal: a decompression bomb is refused from its header, not decoded.
+    assert elapsed < 2.0 and peak < 64 * 1024 * 1024
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(InvalidImageError, match="no such file"):
+        screen(tmp_path / "missing.jpeg")
+    with pytest.raises(InvalidImageError, match="folder"):
+        screen(tmp_path)
+
+
+def test_not_an_image_object():
+    with pytest.raises(InvalidImageError, match="cannot read an image from a int"):
+        load_image(42)
+
+
+ODD_BUT_VALID = [
+    ("16-bit.png", lambda: corpus.png16_bytes()[0]),
+    ("rgba.png", corpus.rgba_png),
+    ("cmyk.jpeg", corpus.cmyk_jpeg),
+    ("palette.png", corpus.palette_png),
+    ("rotated.jpeg", lambda: corpus.exif_rotated_jpeg()[0]),
+    ("mono1.dcm", _dicom(lambda: corpus.dicom_monochrome1()[0])),
+    ("ct.dcm", _dicom(corpus.dicom_ct_like)),
+]
+
+
+@pytest.mark.parametrize("filename, build", ODD_BUT_VALID, ids=[c[0] for c in ODD_BUT_VALID])
+def test_odd_but_valid_inputs_decode(tmp_path, filename, build):
+    path = tmp_path / filename
+    path.write_bytes(build())
+    rgb = load_image(path)
+    assert rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.dtype == np.uint8 and min(rgb.shape[:2]) >= 32

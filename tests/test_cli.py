@@ -1,0 +1,265 @@
+"""cxr-edge command line: batches with bad files, JSON lines, exit codes, history, watch, camera, demo, serve."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import corpus
+from conftest import ASSETS, REPO_ROOT
+from edge_runtime import cli
+from edge_runtime.camera import FakeFrameSource
+from edge_runtime.log import ScreeningLog
+from runtime_models import FULLRES, binary_models, needs_fullres, xray_like  # noqa: F401 - fixture
+
+NO_GATE = "--no-quality-gate"
+
+
+@pytest.fixture()
+def env(binary_models, monkeypatch, tmp_path):
+    """Models from the test model folder; the log in tmp (never the user's)."""
+    monkeypatch.setenv("CXR_MODELS", str(binary_models["dir"]))
+    monkeypatch.setenv("CXR_LOG", str(tmp_path / "default-log" / "screenings.db"))
+    monkeypatch.delenv("CXR_SAMPLES", raising=False)
+    return tmp_path
+
+
+def run(capsys, *argv):
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def write_images(folder: Path, count: int, size: int = 64, start: int = 0) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"img {start + i}.png"
+        Image.fromarray(xray_like(size, start + i)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_help_documents_commands_and_exit_codes(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    for word in ("classify", "watch", "camera", "history", "demo", "serve", "exit codes", "130", "CXR_LOG"):
+        assert word in out
+    code, out, _ = run(capsys, "classify", "--help")
+    assert code == 0 and "--json" in out and "--heatmap" in out and "--no-log" in out and "--model" in out
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and "0.1.0" in out
+
+
+def test_usage_errors_exit_2(capsys, env):
+    assert run(capsys)[0] == 2
+    assert run(capsys, "classify")[0] == 2  # PATH is required
+    assert run(capsys, "classify", "--threads", "0", "x.png")[0] == 2
+    code, _, err = run(capsys, "classify", "--model", "nonsense", "x.png")
+    assert code == 2 and "unknown model 'nonsense'" in err and "binary" in err
+
+
+def test_batch_with_bad_files_completes_the_good_ones(capsys, env):
+    folder = env / "batch of scans"
+    good = write_images(folder, 3)
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.txt").write_text("not an image")  # named explicitly below: tried, and reported
+    (folder / "report.pdf").write_bytes(b"%PDF-1.4\n")  # named explicitly below
+    (folder / "readme.md").write_text("# scans")  # in the folder only: skipped, and said so
+    (folder / "cut.jpeg").write_bytes(corpus.truncated_jpeg())
+    (folder / "dot.png").write_bytes(corpus.encode(Image.new("L", (1, 1)), "PNG"))
+    log_path = env / "log.db"
+    code, out, err = run(capsys, "classify", NO_GATE, "--log", log_path, folder, folder / "notes.txt",
+                         folder / "report.pdf", folder / "missing.png")
+    assert code == 1
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("label") and len(lines) == 1 + 3
+    for path in good:
+        assert any(line.endswith(str(path)) for line in lines[1:])
+    for name, code_word in (("empty.png", "invalid_image"), ("notes.txt", "invalid_image"),
+                            ("report.pdf", "unsupported_format"), ("cut.jpeg", "invalid_image"),
+                            ("dot.png", "image_too_small"), ("missing.png", "invalid_image")):
+        assert any(name in line and code_word in line for line in err.splitlines()), name
+    assert "3 classified, 6 failed" in err
+    assert "skipped 3 file(s)" in err and "readme.md" in err  # notes.txt, report.pdf, readme.md in the folder
+    with ScreeningLog(log_path) as log:
+        assert log.count() == 3
+
+
+def test_json_lines_and_heatmaps(capsys, env):
+    images = write_images(env / "in", 2)
+    code, out, err = run(capsys, "classify", NO_GATE, "--json", "--heatmap", env / "maps", "--log", env / "l.db",
+                         *images)
+    assert code == 0 and err == ""
+    rows = [json.loads(line) for line in out.strip().splitlines()]
+    assert len(rows) == 2
+    for row, path in zip(rows, images):
+        assert {"path", "label", "probabilities", "threshold", "decision", "latency_ms"} <= set(row)
+        assert row["path"] == str(path) and isinstance(row["log_id"], int)
+        heatmap = Path(row["heatmap"])
+        assert heatmap.parent == env / "maps" and heatmap.is_file()
+        assert Image.open(heatmap).size == (64 * 2 + 8, 64)
+
+
+def test_quality_gate_is_on_by_default(capsys, env):
+    rng = np.random.default_rng(0)
+    photo = env / "holiday.jpeg"
+    Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(photo)
+    code, out, err = run(capsys, "classify", "--no-log", photo)
+    assert code == 1 and "holiday.jpeg" in err and "not a chest X-ray" in err and "not_chest_xray" in err
+
+
+def test_no_log_writes_nothing(capsys, env):
+    images = write_images(env / "in", 1)
+    assert run(capsys, "classify", NO_GATE, "--no-log", *images)[0] == 0
+    assert not (env / "default-log").exists()
+    assert run(capsys, "classify", NO_GATE, *images)[0] == 0  # default: $CXR_LOG
+    assert (env / "default-log" / "screenings.db").is_file()
+
+
+def test_history(capsys, env):
+    log_path = env / "h.db"
+    run(capsys, "classify", NO_GATE, "--log", log_path, *write_images(env / "in", 3))
+    code, out, err = run(capsys, "history", "--log", log_path)
+    assert code == 0 and len(out.strip().splitlines()) == 4 and "3 of 3 screenings" in err
+    with ScreeningLog(log_path) as log:
+        label = log.recent(1)[0]["label"]
+        expected = log.count(label)
+    code, out, _ = run(capsys, "history", "--log", log_path, "--label", label, "--json")
+    assert code == 0 and [json.loads(line)["label"] for line in out.strip().splitlines()] == [label] * expected
+    target = env / "export.csv"
+    assert run(capsys, "history", "--log", log_path, "--csv", target)[0] == 0
+    rows = list(csv.DictReader(target.open(newline="")))
+    assert len(rows) == 3 and "patient_id" not in rows[0]
+    code, _, err = run(capsys, "history", "--log", env / "none.db")
+    assert code == 0 and "no screening log yet" in err and not (env / "none.db").exists()
+
+
+def test_watch_once(capsys, env):
+    inbox = env / "inbox"
+    write_images(inbox, 2)
+    (inbox / "bad.png").write_bytes(b"garbage")
+    code, out, err = run(capsys, "watch", inbox, NO_GATE, "--once", "--settle", "0", "--interval", "0.01",
+                         "--processed", env / "done", "--failed", env / "failed", "--log", env / "w.db")
+    assert code == 1
+    assert len(out.strip().splitlines()) == 1 + 2 and "bad.png" in err
+    assert len(list((env / "done").iterdir())) == 2 and (env / "failed" / "bad.png.error.txt").is_file()
+    assert run(capsys, "watch", env / "nowhere", "--once")[0] == 2
+
+
+def test_camera_with_a_fake_source(capsys, env, monkeypatch):
+    frames = [xray_like(64, 1), xray_like(64, 2)]
+    monkeypatch.setattr(cli, "open_camera", lambda args: FakeFrameSource(frames))
+    code, out, err = run(capsys, "camera", NO_GATE, "--interval", "0", "--count", "2", "--json",
+                         "--save-frames", env / "frames", "--heatmap", env / "maps", "--log", env / "c.db")
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.strip().splitlines()]
+    assert len(rows) == 2 and all(Path(r["path"]).is_file() and Path(r["heatmap"]).is_file() for r in rows)
+    with ScreeningLog(env / "c.db") as log:
+        assert log.count() == 2
+    # With the gate on, these small frames are refused: reported, exit code 1.
+    monkeypatch.setattr(cli, "open_camera", lambda args: FakeFrameSource(frames))
+    code, out, err = run(capsys, "camera", "--no-log")
+    assert code == 1 and "too_small" not in out and "low quality" in err
+
+
+def test_camera_without_picamera2_exits_2(capsys, env, monkeypatch):
+    monkeypatch.setitem(sys.modules, "picamera2", None)
+    code, _, err = run(capsys, "camera", "--no-log")
+    assert code == 2 and "python3-picamera2" in err
+
+
+def test_demo_on_a_samples_folder(capsys, env, monkeypatch):
+    samples = env / "samples"
+    write_images(samples / "NORMAL", 2, start=0)
+    write_images(samples / "PNEUMONIA", 2, start=10)
+    code, out, err = run(capsys, "demo", NO_GATE, "--samples", samples, "--heatmap", env / "demo maps",
+                         "--log", env / "d.db")
+    assert code == 0, err
+    assert "of 4 screening decisions agreed with the folder labels" in out
+    assert len(list((env / "demo maps").glob("*.png"))) == 4
+    code, _, err = run(capsys, "demo", "--samples", env / "nothing here")
+    assert code == 2 and "--samples" in err and "nothing here" in err
+    monkeypatch.setenv("CXR_SAMPLES", str(samples))
+    assert cli.default_samples_dirs() == [samples]
+
+
+@pytest.mark.realdata
+@needs_fullres
+def test_demo_default_on_the_real_samples(capsys, tmp_path, monkeypatch):
+    if not (ASSETS / "cxr_binary_160_int8_cam.tflite").is_file():
+        pytest.skip("shipped model not exported yet")
+    monkeypatch.delenv("CXR_MODELS", raising=False)
+    monkeypatch.delenv("CXR_SAMPLES", raising=False)
+    monkeypatch.chdir(REPO_ROOT)  # the README runs it from the checkout, installed or not
+    assert any(d.resolve() == FULLRES.resolve() for d in cli.default_samples_dirs())
+    code, out, err = run(capsys, "demo", "--no-log", "--heatmap", tmp_path / "maps")
+    assert code == 0, err
+    assert "of 24 screening decisions agreed" in out
+    assert len(list((tmp_path / "maps").glob("*.png"))) == 24
+
+
+def test_models_listing(capsys, env, binary_models):
+    code, out, _ = run(capsys, "models", "--json")
+    assert code == 0
+    files = {json.loads(line)["file"] for line in out.strip().splitlines()}
+    assert binary_models["int8_cam"].name in files and binary_models["fp16"].name in files
+
+
+def test_serve_calls_the_web_server(capsys, env, monkeypatch, binary_models):
+    web = pytest.importorskip("edge_runtime.web")
+    calls = []
+    monkeypatch.setattr(web, "serve", lambda **kwargs: calls.append(kwargs))
+    code, _, err = run(capsys, "serve", "--port", "0", "--log", env / "s.db", "--model", "binary-fp16")
+    assert code == 0, err
+    (kwargs,) = calls
+    assert kwargs["port"] == 0 and kwargs["host"] == "127.0.0.1" and kwargs["log_path"] == env / "s.db"
+    assert kwargs["models"] == str(binary_models["dir"]) and kwargs["precision"] == "fp16"
+    assert kwargs["default_model"] == json.loads(binary_models["spec"].read_text())["name"]
+
+
+def test_entry_point_in_a_subprocess(tmp_path):
+    """The real process: exit code 2 and a clean message when no model can be found."""
+    proc = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "classify", "--no-log", "x.png"],
+                          cwd=REPO_ROOT, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "CXR_MODELS": str(tmp_path / "no models"),
+                               "HOME": str(tmp_path)})
+    assert proc.returncode == 2
+    assert "CXR_MODELS" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_model_names_resolve(binary_models, monkeypatch, tmp_path):
+    from edge_runtime.errors import ModelError
+    from edge_runtime.models import find_models_dir, list_models, resolve_model, short_name
+
+    folder = binary_models["dir"]
+    monkeypatch.setenv("CXR_MODELS", str(folder))
+    assert find_models_dir() == folder
+    assert resolve_model("binary") == binary_models["int8_cam"]
+    assert resolve_model(None) == binary_models["int8_cam"]
+    assert resolve_model("binary-fp16") == binary_models["fp16_cam"]
+    assert resolve_model("binary-int8-plain") == binary_models["int8"]
+    assert resolve_model("binary-fp16-plain") == binary_models["fp16"]
+    assert resolve_model(binary_models["fp16"].name) == binary_models["fp16"]
+    assert resolve_model(str(binary_models["int8"])) == binary_models["int8"]
+    spec_name = json.loads(binary_models["spec"].read_text())["name"]
+    assert resolve_model(spec_name) == binary_models["int8_cam"]
+    models = list_models()
+    assert {short_name(m) for m in models} >= {"binary", "binary-fp16", "binary-plain", "binary-fp16-plain"}
+    entry = next(m for m in models if m["file"] == binary_models["int8_cam"].name)
+    assert entry["task"] == "binary" and entry["precision"] == "int8" and entry["heatmap"]
+    assert entry["size"] == binary_models["int8_cam"].stat().st_size and len(entry["sha256"]) == 64
+    with pytest.raises(ModelError, match=r"unknown model 'covid'.*available: binary, binary-fp16"):
+        resolve_model("covid")
+    with pytest.raises(ModelError, match="not found"):
+        resolve_model(tmp_path / "gone.tflite")
+    monkeypatch.setenv("CXR_MODELS", str(tmp_path / "no such folder"))
+    with pytest.raises(ModelError, match="CXR_MODELS"):
+        find_models_dir()
