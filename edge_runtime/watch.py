@@ -9,7 +9,6 @@ import io
 import logging
 import os
 import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from PIL import Image
 from .cam import fit_within, overlay_heatmap, side_by_side
 from .errors import CxrError, InvalidImageError, ModelError, NotChestXrayError
 from .imaging import MAX_BYTES
+from .files import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -67,18 +67,6 @@ class WatchOutcome:
     heatmap_path: Path | None = None
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_overlay(result, path: PathLike, alpha: float = 0.4, max_side: int = OVERLAY_MAX_SIDE) -> Path:
     """Write the original | heatmap-overlay PNG of a classification.
 
@@ -101,7 +89,7 @@ def save_overlay(result, path: PathLike, alpha: float = 0.4, max_side: int = OVE
     path = Path(path)
     buffer = io.BytesIO()
     Image.fromarray(panel).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    _write_atomic(path, buffer.getvalue())
+    write_atomic(path, buffer.getvalue())
     return path
 
 
@@ -204,9 +192,9 @@ def _fail(path: Path, err: BaseException, failed_dir: Path | None) -> WatchOutco
     try:
         if failed_dir is not None:
             moved = _move(path, failed_dir)
-            _write_atomic(Path(str(moved) + ERROR_SUFFIX), note.encode("utf-8"))
+            write_atomic(Path(str(moved) + ERROR_SUFFIX), note.encode("utf-8"))
         else:
-            _write_atomic(Path(str(path) + ERROR_SUFFIX), note.encode("utf-8"))
+            write_atomic(Path(str(path) + ERROR_SUFFIX), note.encode("utf-8"))
     except OSError as move_err:
         logger.error("could not move or mark %s: %s", path, move_err)
     return WatchOutcome(path, FAILED, error=str(err), error_code=getattr(err, "code", type(err).__name__),

@@ -16,7 +16,7 @@ def _keras_and_inputs(tiny_trained, synthetic_data):
     import keras
 
     from edge_runtime.spec import ModelSpec
-    from training.data import TASKS, load_dataset, load_split
+    from training.data import TASKS, load_dataset
 
     train_dir, _ = tiny_trained
     spec = ModelSpec.load(train_dir / "spec.json")

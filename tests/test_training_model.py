@@ -41,8 +41,6 @@ def test_gradcam_range_shape_and_focus(tiny_trained):
 
     model = keras.saving.load_model(tiny_trained[0] / "model.keras", compile=False)
     rng = np.random.default_rng(5)
-    from PIL import Image
-
     images = np.stack([np.repeat(synthetic_xray(rng, 1)[..., None], 3, -1) for _ in range(16)])
     cams = gradcam_heatmaps(model, images, np.ones(16, dtype=int))
     assert cams.shape == (16, 4, 4)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import io
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from ..cam import fit_within
+from ..files import write_atomic
 
 #: Longest side of the history thumbnail, in pixels.
 THUMB_SIDE = 128
@@ -32,19 +32,6 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 85) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ImageStore:
@@ -94,14 +81,14 @@ class ImageStore:
         for path, side, quality in ((self.preview_path(image_sha256), PREVIEW_SIDE, 88),
                                     (self.thumbnail_path(image_sha256), THUMB_SIDE, 80)):
             if not path.exists():
-                _write_atomic(path, encode_jpeg(fit_within(preview, side), quality))
+                write_atomic(path, encode_jpeg(fit_within(preview, side), quality))
         if heatmap is None:
             return None
         path = self.heatmap_path(image_sha256, model_sha256)
         grey = np.clip(np.round(np.asarray(heatmap, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
         buffer = io.BytesIO()
         Image.fromarray(grey, "L").save(buffer, format="PNG")
-        _write_atomic(path, buffer.getvalue())
+        write_atomic(path, buffer.getvalue())
         return path
 
     def load_preview(self, image_sha256: str) -> np.ndarray | None:
