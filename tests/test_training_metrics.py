@@ -54,3 +54,16 @@ def test_evaluate_predictions_reports_both_thresholds_and_ci():
     assert 0 <= low <= high <= 1
     assert scr["at_threshold"]["confusion_matrix"] == [[1, 2], [0, 3]]
     assert scr["at_0.5"]["confusion_matrix"] == [[2, 1], [1, 2]]
+
+
+def test_by_source_splits_a_mixed_class():
+    from training.metrics import by_source
+
+    spec = ModelSpec(name="t", task="covid", labels=("COVID19", "NORMAL", "PNEUMONIA"), threshold=0.5)
+    y = np.array([1, 1, 1, 0])
+    probs = np.array([[0.1, 0.8, 0.1], [0.7, 0.2, 0.1], [0.05, 0.9, 0.05], [0.9, 0.05, 0.05]])
+    sources = ["adult", "adult", "child", "covid"]
+    out = by_source(sources, y, probs, spec)
+    assert out["adult"] == {"n": 2, "true_label": "NORMAL", "correct": 0.5,
+                            "called": {"COVID19": 1, "NORMAL": 1, "PNEUMONIA": 0}}
+    assert out["child"]["correct"] == 1.0 and out["covid"]["called"]["COVID19"] == 1

@@ -87,3 +87,15 @@ def test_cli_help_is_reachable():
 
         train_main(["--help"])
     assert exit_info.value.code == 0
+
+
+def test_evaluate_on_the_validation_side_of_a_split(tiny_trained, synthetic_data, tmp_path):
+    from training.evaluate import main
+
+    split = json.loads((tiny_trained[0] / "split.json").read_text())
+    assert main(["--model", str(tiny_trained[0] / "model.keras"), "--data", str(synthetic_data), "--out",
+                 str(tmp_path), "--split", str(tiny_trained[0] / "split.json"), "--bootstrap", "20",
+                 "--cache-dir", str(tiny_trained[0].parent / "cache")]) == 0
+    report = json.loads((tmp_path / "evaluation.json").read_text())
+    assert report["n"] == len(split["val"])
+    assert set(report["by_source"]) == {"NORMAL", "PNEUMONIA"}

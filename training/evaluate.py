@@ -8,6 +8,8 @@ import logging
 from pathlib import Path
 
 
+import numpy as np
+
 from edge_runtime.spec import ModelSpec
 
 from .data import TASKS, DataError, Source, Task, load_dataset
@@ -39,13 +41,16 @@ def main(argv=None) -> int:
     parser.add_argument("--name", default="evaluation", help="report file prefix")
     parser.add_argument("--threshold", type=float, default=None, help="override the spec's screening threshold")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the AUC interval")
+    parser.add_argument("--split", type=Path, default=None,
+                        help="a split.json from training: evaluate only its validation side")
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--json", action="store_true", help="print the metrics JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import keras
 
-    from .metrics import evaluate_predictions
+    from .data import load_split
+    from .metrics import by_source, evaluate_predictions
     from .report import write_report
     from .train import predict_probs
 
@@ -56,12 +61,22 @@ def main(argv=None) -> int:
     except DataError as err:
         logger.error("%s", err)
         return 2
+    indices = np.arange(len(dataset.samples))
+    if args.split:
+        try:
+            indices = load_split(args.split, dataset)[1]
+        except DataError as err:
+            logger.error("%s", err)
+            return 2
     model = keras.saving.load_model(args.model, compile=False)
-    probs = predict_probs(model, dataset.images)
-    result = evaluate_predictions(dataset.labels, probs, spec, threshold=args.threshold, n_boot=args.bootstrap)
-    result["data"] = str(args.data)
+    probs = predict_probs(model, dataset.images[indices])
+    y_true = dataset.labels[indices]
+    result = evaluate_predictions(y_true, probs, spec, threshold=args.threshold, n_boot=args.bootstrap)
+    result["data"] = str(args.data) + (f" (validation side of {args.split})" if args.split else "")
+    sources = [dataset.samples[i].relpath.rsplit("/", 1)[0] for i in indices]
+    result["by_source"] = by_source(sources, y_true, probs, spec, args.threshold)
     result["skipped_files"] = [list(s) for s in dataset.skipped]
-    paths = write_report(result, args.out, args.name, f"{spec.name} on {args.data}", dataset.labels, probs, spec)
+    paths = write_report(result, args.out, args.name, f"{spec.name} on {args.data}", y_true, probs, spec)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

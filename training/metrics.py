@@ -127,3 +127,25 @@ def evaluate_predictions(y_true: np.ndarray, probs: np.ndarray, spec: ModelSpec,
         result["one_vs_rest_auc"] = per_class
         result["macro_auc"] = float(np.nanmean(list(per_class.values())))
     return result
+
+
+def by_source(sources: list, y_true: np.ndarray, probs: np.ndarray, spec: ModelSpec,
+              threshold: float | None = None) -> dict:
+    """Per source folder: image count, share of correct decisions and what the model called them.
+
+    Shows, for instance, how a mixed class fares on each of its origins (adult vs paediatric
+    normals in the covid task).
+    """
+    threshold = spec.threshold if threshold is None else threshold
+    predicted = decide(probs, spec.negative_index, threshold)
+    out = {}
+    for source in sorted(set(sources)):
+        mask = np.array([s == source for s in sources])
+        labels = [spec.labels[i] for i in predicted[mask]]
+        out[source] = {
+            "n": int(mask.sum()),
+            "true_label": spec.labels[int(np.bincount(np.asarray(y_true)[mask]).argmax())],
+            "correct": float(np.mean(predicted[mask] == np.asarray(y_true)[mask])),
+            "called": {label: labels.count(label) for label in spec.labels},
+        }
+    return out

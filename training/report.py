@@ -39,6 +39,12 @@ def metrics_markdown(result: dict, title: str) -> str:
                   "| true \\ predicted | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
         for label, row in zip(labels, b["confusion_matrix"]):
             lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
+    if result.get("by_source"):
+        lines += ["", "By source folder (decisions at the shipped threshold):", "",
+                  "| source | images | true label | correct | called " + " / ".join(labels) + " |", "|---|---|---|---|---|"]
+        for source, row in result["by_source"].items():
+            lines.append(f"| {source} | {row['n']} | {row['true_label']} | {_fmt(row['correct'])} | "
+                         + " / ".join(str(row["called"][label]) for label in labels) + " |")
     return "\n".join(lines) + "\n"
 
 
