@@ -163,12 +163,12 @@ def export_model(args) -> dict:
             shutil.move(str(path), args.out / path.name)
     shutil.rmtree(stage, ignore_errors=True)
     if not failures:
-        from .model_card import write_model_card
+        from .model_card import load_by_source, write_model_card
 
         validation_path = train_dir / "validation.json"
         if validation_path.exists():
             card = write_model_card(spec, json.loads(validation_path.read_text(encoding="utf-8")), report,
-                                    args.out / f"MODEL_CARD_{name}.md")
+                                    args.out / f"MODEL_CARD_{name}.md", load_by_source(train_dir))
             logger.info("wrote %s", card)
     if failures:
         raise ExportError("parity gate failed" + (" (files written anyway: --force)" if args.force else

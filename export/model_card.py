@@ -41,8 +41,13 @@ def _f(value) -> str:
     return "n/a" if value is None or value != value else f"{value:.3f}"
 
 
-def write_model_card(spec: ModelSpec, validation: dict, parity: dict, out_path: str | Path) -> Path:
-    """Render ``MODEL_CARD_<name>.md`` from the three JSON records (no figure typed by hand)."""
+def write_model_card(spec: ModelSpec, validation: dict, parity: dict, out_path: str | Path,
+                     by_source: dict | None = None) -> Path:
+    """Render ``MODEL_CARD_<name>.md`` from the JSON records (no figure typed by hand).
+
+    Args:
+        by_source: Optional ``by_source`` block of a ``python -m training evaluate --split`` report.
+    """
     what, credits = TASK_TEXT[spec.task]
     scr = validation["screening"]
     thr, half = scr["at_threshold"], scr["at_0.5"]
@@ -78,6 +83,12 @@ def write_model_card(spec: ModelSpec, validation: dict, parity: dict, out_path: 
         f"{_f(thr['npv'])} | {_f(thr['f1'])} | {_f(thr['accuracy'])} | {_f(thr['multiclass_accuracy'])} |",
         f"| 0.5 | {_f(half['sensitivity'])} | {_f(half['specificity'])} | {_f(half['ppv'])} | {_f(half['npv'])} | "
         f"{_f(half['f1'])} | {_f(half['accuracy'])} | {_f(half['multiclass_accuracy'])} |",
+        *(["", "By source folder (validation side, shipped threshold):", "",
+            "| source | images | true label | correct | called " + " / ".join(spec.labels) + " |",
+            "|---|---|---|---|---|"]
+          + [f"| {src} | {row['n']} | {row['true_label']} | {_f(row['correct'])} | "
+             + " / ".join(str(row["called"][label]) for label in spec.labels) + " |"
+             for src, row in (by_source or {}).items()] if by_source else []),
         "", "## Exported files and parity with the Keras model", "",
         "| file | size KB | top-1 agreement | delta AUC | max prob diff | CAM r |", "|---|---|---|---|---|---|",
     ]
@@ -101,6 +112,13 @@ def write_model_card(spec: ModelSpec, validation: dict, parity: dict, out_path: 
     return out_path
 
 
-def write_model_card_files(spec_path: Path, validation_path: Path, parity_path: Path, out_path: Path) -> Path:
-    return write_model_card(ModelSpec.load(spec_path), json.loads(validation_path.read_text()),
-                            json.loads(parity_path.read_text()), out_path)
+def load_by_source(train_dir: Path) -> dict | None:
+    """The per-source breakdown saved by ``python -m training evaluate --split ... --name validation_by_source``."""
+    path = Path(train_dir) / "validation_by_source.json"
+    return json.loads(path.read_text(encoding="utf-8")).get("by_source") if path.exists() else None
+
+
+def write_model_card_files(spec_path: Path, train_dir: Path, parity_path: Path, out_path: Path) -> Path:
+    """Re-render a card from files on disk (after adding a by-source evaluation, for instance)."""
+    return write_model_card(ModelSpec.load(spec_path), json.loads((Path(train_dir) / "validation.json").read_text()),
+                            json.loads(Path(parity_path).read_text()), out_path, load_by_source(train_dir))
