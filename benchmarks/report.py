@@ -1,0 +1,407 @@
+"""Writes the benchmark's report.md and PNG plots from the results dict (every number comes from it)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+#: Plot resolution: small files that stay readable.
+DPI = 80
+#: Candidate-name prefix of the Raspberry Pi projection's reference network in the peers session.
+REFERENCE_PREFIX = "mobilenet_v2_224:"
+
+
+def _f(value, digits: int = 3, unit: str = "") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value}{unit}"
+    return f"{value:.{digits}f}{unit}"
+
+
+def _pct(value, digits: int = 2) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.{digits}f}%"
+
+
+def _mb(num_bytes) -> str:
+    return "n/a" if num_bytes is None else f"{num_bytes / 1e6:.3f} MB"
+
+
+def _ms(value) -> str:
+    return _f(value, 3 if value is not None and value < 10 else 1, " ms")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+# --------------------------------------------------------------------------------------------
+# plots
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusions(tasks: dict, path: Path) -> Path:
+    """Confusion matrices at the shipped threshold: one row per task, one column per precision."""
+    plt = _plt()
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    names = list(tasks)
+    cols = max(len(t["confusion"]) for t in tasks.values())
+    fig, axes = plt.subplots(len(names), cols, figsize=(3.1 * cols, 3.0 * len(names)), squeeze=False)
+    for r, task in enumerate(names):
+        entry = tasks[task]
+        for c, (variant, matrix) in enumerate(entry["confusion"].items()):
+            ax = axes[r][c]
+            ConfusionMatrixDisplay(np.asarray(matrix), display_labels=entry["labels"]).plot(
+                ax=ax, colorbar=False, cmap="Blues")
+            ax.set_title(f"{task}: {variant} (thr {entry['threshold']:.3f})", fontsize=9)
+            ax.tick_params(labelsize=7)
+            ax.xaxis.label.set_size(8)
+            ax.yaxis.label.set_size(8)
+        for c in range(len(entry["confusion"]), cols):
+            axes[r][c].axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def plot_rocs(tasks: dict, path: Path) -> Path:
+    """Screening ROC of Keras, float16 and int8 overlaid per task; line styles keep identical curves visible."""
+    plt = _plt()
+    from sklearn.metrics import auc, roc_curve
+
+    styles = {"keras": dict(lw=3.5, alpha=0.45, ls="-"), "fp16": dict(lw=1.6, ls="--"), "int8": dict(lw=1.4, ls=":")}
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.9 * len(tasks), 3.9), squeeze=False)
+    for ax, (task, curves) in zip(axes[0], tasks.items()):
+        for name, (positive, score) in curves.items():
+            fpr, tpr, _ = roc_curve(positive, score)
+            ax.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.4f})", **styles.get(name, {}))
+        ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=0.8)
+        ax.set_title(f"{task}: screening ROC", fontsize=10)
+        ax.set_xlabel("1 - specificity", fontsize=8)
+        ax.set_ylabel("sensitivity", fontsize=8)
+        ax.legend(fontsize=8, loc="lower right")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def plot_latency(speed: dict, path: Path) -> Path:
+    """Model-only medians (bars) with p90 (whiskers), ours at each thread count and the peer session."""
+    plt = _plt()
+    threads = sorted(speed["by_threads"], key=int)
+    ours = speed["by_threads"][threads[0]]["sessions"]["ours"]
+    candidates = list(ours)
+    has_peers = "peers" in speed["by_threads"][threads[0]]["sessions"]
+    fig, axes = plt.subplots(1, 2 if has_peers else 1, figsize=(13 if has_peers else 7, 4.2), squeeze=False)
+    ax = axes[0][0]
+    width = 0.8 / len(threads)
+    x = np.arange(len(candidates))
+    for i, t in enumerate(threads):
+        session = speed["by_threads"][t]["sessions"]["ours"]
+        med = np.array([session[c]["median_ms"] for c in candidates])
+        p90 = np.array([session[c]["p90_ms"] for c in candidates])
+        ax.bar(x + i * width, med, width, yerr=[np.zeros_like(med), p90 - med], capsize=2, label=f"{t} thread(s)")
+    ax.set_xticks(x + width * (len(threads) - 1) / 2)
+    ax.set_xticklabels(candidates, rotation=30, ha="right", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("ms per image (median; whisker p90)")
+    ax.set_title("our model, model-only latency", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3, which="both")
+    if has_peers:
+        ax = axes[0][1]
+        t = threads[0]
+        session = speed["by_threads"][t]["sessions"]["peers"]
+        names = sorted(session, key=lambda n: session[n]["median_ms"])
+        med = np.array([session[n]["median_ms"] for n in names])
+        p90 = np.array([session[n]["p90_ms"] for n in names])
+        colors = ["tab:green" if n.startswith("ours:") else "tab:blue" if n.startswith(REFERENCE_PREFIX)
+                  else "tab:grey" for n in names]
+        ax.barh(np.arange(len(names)), med, xerr=[np.zeros_like(med), p90 - med], color=colors, capsize=2)
+        ax.set_yticks(np.arange(len(names)))
+        ax.set_yticklabels(names, fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("ms per image (median; whisker p90)")
+        ax.set_title(f"ours (green) vs untrained peers (grey), same run, {t} thread(s);\n"
+                     "blue: Pi-projection reference, not a peer", fontsize=9)
+        ax.grid(axis="x", alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def plot_sizes(sizes: list[dict], path: Path) -> Path:
+    """File sizes, log scale."""
+    plt = _plt()
+    rows = sorted(sizes, key=lambda r: r["bytes"])
+    fig, ax = plt.subplots(figsize=(7, 0.22 * len(rows) + 1.2))
+    colors = ["tab:grey" if r["group"] == "peer" else "tab:green" for r in rows]
+    ax.barh(np.arange(len(rows)), [r["bytes"] / 1e6 for r in rows], color=colors)
+    ax.set_yticks(np.arange(len(rows)))
+    ax.set_yticklabels([r["file"] for r in rows], fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("MB (10^6 bytes), log scale")
+    ax.axvline(1.0, ls=":", color="red")
+    ax.set_title("file sizes (ours green, peers grey; dotted: 1 MB)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# markdown
+
+def _metrics_rows(task: dict) -> list[list[str]]:
+    rows = []
+    for variant, m in task["metrics"].items():
+        scr = m["screening"]
+        low, high = scr["roc_auc_ci95"]
+        for key, label in (("at_threshold", "shipped"), ("at_0.5", "0.5")):
+            b = scr[key]
+            rows.append([variant, f"{label} ({b['threshold']:.3f})", _f(b["accuracy"]), _f(b["sensitivity"]),
+                         _f(b["specificity"]), _f(b["ppv"]), _f(b["npv"]), _f(b["f1"]),
+                         _f(b["multiclass_accuracy"]),
+                         f"{_f(scr['roc_auc'], 4)} ({_f(low, 3)}-{_f(high, 3)})"])
+    return rows
+
+
+def write_markdown(results: dict, path: Path) -> Path:
+    """The human report: targets first, then each section with the numbers from ``results``."""
+    env = results["environment"]
+    runs = results["settings"]
+    lines = [f"# Benchmark report: {results['title']}", ""]
+    if results["settings"].get("quick"):
+        lines += ["**Quick (CI smoke) mode: a tiny model trained for seconds on synthetic images. These numbers say "
+                  "nothing about the shipped models.**", ""]
+    lines += [f"Generated {env['date_utc']} by `{env['command']}` (commit {env['git_commit'][:12]}); "
+              f"wall time {results['wall_seconds']:.0f} s. Every number below is computed by the benchmark; "
+              "the published references used by the Raspberry Pi projection are the only typed-in values, each "
+              "with its source.", "", "## Targets", ""]
+    lines += _table(["target", "measured", "limit", "result"],
+                    [[t["description"], t["measured_text"], t["limit_text"],
+                      "not measured" if t["met"] is None else ("met" if t["met"] else "**missed**")]
+                     for t in results["targets"]])
+    lines += ["", "## Setup", ""]
+    lines += [f"- Machine: {env['cpu_model']}, {env['cpu_count']} logical CPUs ({env['affinity']} usable), "
+              f"{env['memory_gb']:.1f} GB RAM, {env['platform']}",
+              f"- Load average when starting / finishing: {env['loadavg_start']} / {env.get('loadavg_end', 'n/a')} "
+              "(a shared machine: ratios measured in the same run are the trustworthy numbers)",
+              f"- Versions: Python {env['python']}, TensorFlow {env['tensorflow']}, Keras {env['keras']}, "
+              f"ai-edge-litert {env['ai_edge_litert']}, NumPy {env['numpy']}, Pillow {env['pillow']}",
+              f"- Threads: model-only latency at {', '.join(str(t) for t in runs['threads'])} "
+              f"(TensorFlow intra- and inter-op pools and the TFLite interpreter set to that count); "
+              f"end-to-end at {', '.join(str(t) for t in runs['e2e_threads'])}; accuracy inference at "
+              f"{runs['accuracy_threads']}",
+              f"- Runs: ours {runs['runs']} timed rounds after {runs['warmup']} warm-up rounds; our TFLite files "
+              f"alone {runs['tflite_runs']} rounds; peers session "
+              f"{runs['peer_runs']} rounds after {runs['peer_warmup']}; end-to-end {runs['e2e_runs']} after "
+              f"{runs['e2e_warmup']}; cold start {runs['coldstart_runs']} fresh processes; bootstrap "
+              f"{runs['bootstrap']} resamples; Grad-CAM parity on up to {runs['cam_images']} images per task",
+              f"- Data: {results['data_note']}", ""]
+
+    lines += ["## 1. Accuracy parity", ""]
+    if not results["tasks"]:
+        lines += ["No task could be evaluated.", ""]
+    for task_name, task in results["tasks"].items():
+        if "error" in task:
+            lines += [f"### {task_name}", "", f"Not evaluated: {task['error']}", ""]
+            continue
+        lines += [f"### {task['model']} ({task_name})", "", f"Data: {task['data']}.", "",
+                  "Screening decision: positive = not NORMAL (score 1 - P(NORMAL)); 'class acc.' is the accuracy "
+                  "over all classes with the same decision rule. AUC with bootstrap 95% CI.", ""]
+        lines += _table(["model", "threshold", "accuracy", "sensitivity", "specificity", "PPV", "NPV", "F1",
+                         "class acc.", "ROC AUC (95% CI)"], _metrics_rows(task))
+        first = next(iter(task["metrics"].values()))
+        if "one_vs_rest_auc" in first:
+            labels = list(first["one_vs_rest_auc"])
+            lines += ["", "One-vs-rest ROC AUC per class:", ""]
+            lines += _table(["model"] + labels + ["macro"],
+                            [[variant] + [_f(m["one_vs_rest_auc"][label], 4) for label in labels]
+                             + [_f(m["macro_auc"], 4)] for variant, m in task["metrics"].items()])
+        lines += ["", "Agreement with the Keras model on the same images:", ""]
+        lines += _table(["file", "top-1 agreement", "decision agreement (shipped thr.)", "max abs prob diff",
+                         "mean abs prob diff", "AUC", "delta AUC vs Keras"],
+                        [[f"{task['files'][k]}", _pct(p["top1_agreement"]), _pct(p["decision_agreement"]),
+                          _f(p["max_prob_diff"], 4), _f(p["mean_prob_diff"], 5), _f(p["auc_tflite"], 4),
+                          f"{p['auc_delta']:+.4f}"] for k, p in task["parity_vs_keras"].items()])
+        lines += [""]
+    if results.get("plots", {}).get("roc"):
+        lines += [f"Screening ROC, Keras / float16 / int8 overlaid: ![ROC]({results['plots']['roc']})", ""]
+    if results.get("plots", {}).get("confusion"):
+        lines += [f"Confusion matrices at the shipped threshold (rows true, columns predicted): "
+                  f"![confusion]({results['plots']['confusion']})", ""]
+
+    lines += ["## 2. Heatmap parity", "",
+              "Edge CAM (feature-map output of the *_cam.tflite file x the dense weights in the spec, no gradients) "
+              "against Keras Grad-CAM (gradients through the Keras model), both for the Keras model's argmax class, "
+              "on the same images. r: Pearson correlation of the two maps per image; IoU: overlap of the hottest 20% "
+              "of cells; hottest cell: share of images whose maximum falls on the same cell.", ""]
+    rows = []
+    for task_name, task in results["tasks"].items():
+        for key, h in task.get("heatmap_parity", {}).items():
+            rows.append([task_name, task["files"][key], str(h["images"]), _f(h["pearson_r_mean"], 4),
+                         _f(h["pearson_r_median"], 4), _f(h["pearson_r_p05"], 4), _f(h["pearson_r_min"], 4),
+                         str(h["pearson_r_undefined_images"]), _f(h["top20_iou_mean"], 3),
+                         _pct(h["hottest_cell_agreement"], 1)])
+    lines += _table(["task", "file", "images", "r mean", "r median", "r 5th pct", "r min", "r undefined (flat map)",
+                     "top-20% IoU", "hottest cell agrees"], rows) if rows else ["No *_cam.tflite file evaluated."]
+    if results.get("plots", {}).get("heatmaps"):
+        lines += ["", f"![heatmap examples]({results['plots']['heatmaps']})"]
+    lines += [""]
+
+    speed = results.get("speed")
+    lines += ["## 3. Speed", ""]
+    if speed:
+        lines += [f"Model-only: one {speed['input_size']}x{speed['input_size']} image through `{speed['model']}` "
+                  f"({speed['note']}). Keras predict = `model.predict(x)`, Keras call = `model(x)` (eager); TFLite "
+                  "= `Classifier.run(prepared)` of the edge runtime (input quantization, invoke, output "
+                  "dequantization), float32 converted here for reference. All candidates of a session are "
+                  "interleaved round-robin in a shuffled order per round, in one process per thread count.", ""]
+        for t, res in sorted(speed["by_threads"].items(), key=lambda kv: int(kv[0])):
+            lines += [f"### {t} thread(s)", ""]
+            lines += _table(["candidate", "median", "p90", "p99", "min", "runs"],
+                            [[name, _ms(s["median_ms"]), _ms(s["p90_ms"]), _ms(s["p99_ms"]), _ms(s["min_ms"]),
+                              str(s["runs"])] for name, s in res["sessions"]["ours"].items()])
+            lines += ["", "Ratios in this session (median of the first / median of the second; above 1 means the "
+                      "second is faster):", ""]
+            lines += [f"- {r['slower']} / {r['faster']} = **{r['speedup']:.2f}x**" for r in speed["ratios"][t]["ours"]]
+            if "tflite" in res["sessions"]:
+                lines += ["", "Our TFLite files alone, many more rounds (the session the latency targets use):", ""]
+                lines += _table(["candidate", "median", "p90", "p99", "min", "runs"],
+                                [[name, _ms(s["median_ms"]), _ms(s["p90_ms"]), _ms(s["p99_ms"]), _ms(s["min_ms"]),
+                                  str(s["runs"])] for name, s in res["sessions"]["tflite"].items()])
+                lines += [""] + [f"- {r['slower']} / {r['faster']} = **{r['speedup']:.2f}x**"
+                                 for r in speed["ratios"][t]["tflite"]]
+            if "peers" in res["sessions"]:
+                lines += ["", "Peers session (ours and the untrained published designs, interleaved):", ""]
+                lines += _table(["candidate", "median", "p90", "p99", "runs"],
+                                [[name, _ms(s["median_ms"]), _ms(s["p90_ms"]), _ms(s["p99_ms"]), str(s["runs"])]
+                                 for name, s in sorted(res["sessions"]["peers"].items(),
+                                                       key=lambda kv: kv[1]["median_ms"])])
+                lines += ["", f"`{REFERENCE_PREFIX[:-1]}` is not a peer: it is the reference network of the "
+                          "Raspberry Pi projection (section 7)."]
+                lines += ["", "Ours against each peer in the same form (peer median / our median; above 1 means ours "
+                          "is faster):", ""]
+                lines += [f"- {r['slower']} / {r['faster']} = **{r['speedup']:.2f}x**" for r in speed["ratios"][t]["peers"]]
+            lines += [""]
+        if results.get("plots", {}).get("latency"):
+            lines += [f"![latency]({results['plots']['latency']})", ""]
+        lines += ["Every raw sample behind these summaries, in run order: `latency_samples.json.gz`.", ""]
+    else:
+        lines += ["Not measured.", ""]
+    e2e = results.get("endtoend")
+    if e2e:
+        lines += ["### End-to-end (edge runtime, TensorFlow-free process)", "",
+                  "`Classifier.classify(path, heatmap=True)` (read the file, decode, luminance + resize, invoke, "
+                  "CAM) followed by the overlay on the image shrunk to the web app's preview size "
+                  f"({e2e['overlay_side']} px): the issue's definition, without the chest X-ray quality gate. "
+                  + ("Rows marked '+quality gate' add `edge_runtime.quality.check_chest_xray`, which the runtime "
+                     "runs by default (ClassifierOptions.quality_gate=True). " if e2e.get("quality_gate_timed") else
+                     "The quality gate was not installed, so it was not timed. ")
+                  + "All rows are interleaved round-robin in one process. Images: "
+                  + "; ".join(f"{k}: {v}" for k, v in e2e["image_notes"].items()) + ".", ""]
+        for t, res in sorted(e2e["by_threads"].items(), key=lambda kv: int(kv[0])):
+            stage_names = sorted({s for r in res.values() for s in r["stage_median_ms"]})
+            lines += [f"{t} thread(s):", ""]
+            lines += _table(["model, image", "median", "p90", "p99", "runs"] + [f"{s} (median)" for s in stage_names],
+                            [[k, _ms(r["median_ms"]), _ms(r["p90_ms"]), _ms(r["p99_ms"]), str(r["runs"])]
+                             + [_ms(r["stage_median_ms"].get(s)) for s in stage_names] for k, r in res.items()])
+            lines += [""]
+        lines += [f"TensorFlow imported in that process: {_f(e2e['tensorflow_imported'])}."]
+        lines += [f"- {n}" for n in e2e.get("notes", [])] + [""]
+
+    cold = results.get("coldstart")
+    lines += ["## 4. Memory and cold start", ""]
+    if cold:
+        lines += [f"A fresh Python process imports the edge runtime, loads `{cold['model']}` ({cold['runtime']}, "
+                  f"{cold['threads']} thread) and classifies `{cold['image']}` with its heatmap and overlay; "
+                  f"{cold['runs']} processes, one after another"
+                  + (", with the quality gate on (the runtime's default)" if cold["quality_gate"] else "")
+                  + ". Peak RSS from `os.wait4` on that child (the kernel's ru_maxrss), the children being started "
+                  "by a small standard-library launcher (its own RSS, "
+                  f"{_mb(cold['launcher_rss_bytes'])}, is the floor a child inherits through vfork/exec; started "
+                  "from the TensorFlow-laden benchmark process a child would report that process's gigabytes); "
+                  "VmHWM from the child's /proc as a cross-check.", ""]
+        lines += _table(["measure", "value"], [
+            ["process wall time, spawn to exit (median / max / first)",
+             f"{_ms(cold['process_wall_ms_median'])} / {_ms(cold['process_wall_ms_max'])} / "
+             f"{_ms(cold['first_run_wall_ms'])}"],
+            ["in-process: imports (median)", _ms(cold["import_ms_median"])],
+            ["in-process: model load (median)", _ms(cold["load_model_ms_median"])],
+            ["in-process: first classification + overlay (median)", _ms(cold["first_classify_ms_median"])],
+            ["peak RSS (max / median)", f"{_mb(cold['peak_rss_bytes_max'])} / {_mb(cold['peak_rss_bytes_median'])}"],
+            ["VmHWM (max)", _mb(cold["vmhwm_bytes_max"])],
+            ["TensorFlow imported", _f(cold["tensorflow_imported"])],
+            ["heavy modules imported (tensorflow, keras, jax, torch, training, export)",
+             ", ".join(cold["heavy_modules_imported"]) or "none"],
+            ["modules loaded in total", str(cold["modules_loaded"])],
+        ])
+        lines += [""]
+    else:
+        lines += ["Not measured.", ""]
+
+    lines += ["## 5. File sizes", ""]
+    lines += _table(["file", "what", "bytes", "MB"],
+                    [[s["file"], s["what"], str(s["bytes"]), _mb(s["bytes"])] for s in results["sizes"]])
+    if results.get("plots", {}).get("sizes"):
+        lines += ["", f"![sizes]({results['plots']['sizes']})"]
+    lines += [""]
+
+    lines += ["## 6. Peers", ""]
+    if results.get("peers"):
+        lines += ["Untrained (random weights, seeded; nothing downloaded): for speed and size only, never accuracy. "
+                  "Built with the same uint8 input and in-graph scaling as ours.", ""]
+        lines += _table(["peer", "architecture", "stands for", "input", "parameters", "int8 calibration",
+                         "conversion cached"],
+                        [[p["name"], p["title"], p["source"], f"{p['input_size']}x{p['input_size']}",
+                          f"{p['params']:,}", p.get("calibration") or "-", _f(p["cached"])]
+                         for p in results["peers"]])
+        lines += [f"", f"Ours: {results['ours_params']:,} parameters."]
+    else:
+        lines += ["Peers were not run (--no-peers)."]
+    lines += [""]
+
+    proj = results.get("projection")
+    lines += ["## 7. Raspberry Pi 4 / Pi 5: PROJECTION, not a measurement", ""]
+    if proj:
+        ref4, ref54 = proj["pi4_reference"], proj["pi5_over_pi4_reference"]
+        lines += [f"Reference network timed here in the peers session at {proj['threads_here']} threads (this "
+                  f"machine's cores): {ref4['network']}, median {_ms(proj['reference_here_ms'])}. Published: "
+                  f"{ref4['latency_ms']:.0f} ms on the {ref4['board']}, {ref4['threads']} ({ref4['software']}; "
+                  f"source: {ref4['source']}). Pi 4 factor = {ref4['latency_ms']:.0f} / "
+                  f"{proj['reference_here_ms']:.2f} = {proj['pi4_factor']:.2f}. Pi 5 / Pi 4 = "
+                  f"{ref54['pi5_ms']} / {ref54['pi4_ms']} = {proj['pi5_over_pi4']:.3f} ({ref54['network']}; source: "
+                  f"{ref54['source']}), so the Pi 5 factor is {proj['pi5_factor']:.2f}.", ""]
+        lines += _table(["measured here (median)", f"here, {proj['threads_here']} threads", "projected Pi 4 (4 threads)",
+                         "projected Pi 5 (4 threads)"],
+                        [[name, _ms(r["measured_here_ms"]), _ms(r["projected_pi4_ms"]), _ms(r["projected_pi5_ms"])]
+                         for name, r in proj["rows"].items()])
+        lines += [""] + [f"- {c}" for c in proj["caveats"]] + [""]
+    else:
+        lines += [results.get("projection_note", "Not computed."), ""]
+
+    lines += ["## Other helpers' benchmarks", ""]
+    for name, item in results.get("others", {}).items():
+        lines += [f"### {name}", "", item["text"], ""]
+
+    if results.get("notes"):
+        lines += ["## Notes", ""] + [f"- {n}" for n in results["notes"]] + [""]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
