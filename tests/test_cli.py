@@ -256,8 +256,8 @@ def test_model_names_resolve(binary_models, monkeypatch, tmp_path):
     entry = next(m for m in models if m["file"] == binary_models["int8_cam"].name)
     assert entry["task"] == "binary" and entry["precision"] == "int8" and entry["heatmap"]
     assert entry["size"] == binary_models["int8_cam"].stat().st_size and len(entry["sha256"]) == 64
-    with pytest.raises(ModelError, match=r"unknown model 'covid'.*available: binary, binary-fp16"):
-        resolve_model("covid")
+    with pytest.raises(ModelError, match=r"unknown model 'pneumothorax'.*available: binary, binary-fp16"):
+        resolve_model("pneumothorax")
     with pytest.raises(ModelError, match="not found"):
         resolve_model(tmp_path / "gone.tflite")
     monkeypatch.setenv("CXR_MODELS", str(tmp_path / "no such folder"))
