@@ -586,9 +586,10 @@ def run(args, argv: list[str]) -> dict:
                 from .projection import project
 
                 session = speed["by_threads"][str(cores)]["sessions"]
+                # Reference and our files from the same interleaved session, so they share its conditions.
                 ref_ms = session["peers"][f"{reference['name']}:tflite_f32"]["median_ms"]
-                ours_ms = {f"model-only {k}": session["ours"][k]["median_ms"]
-                           for k in ("tflite_int8", "tflite_fp16", "tflite_int8_cam") if k in session["ours"]}
+                ours_ms = {f"model-only {k}": session["peers"][f"ours:{k}"]["median_ms"]
+                           for k in ("tflite_int8", "tflite_fp16", "tflite_int8_cam") if f"ours:{k}" in session["peers"]}
                 e2e_t = _get(results, "endtoend", "by_threads", str(cores)) or {}
                 for k in ("int8_cam, fullres typical", "int8_cam, kermany 224"):
                     if k in e2e_t:

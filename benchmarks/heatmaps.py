@@ -77,5 +77,6 @@ def plot_examples(rows: list[dict], path, title: str) -> None:
             ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    from .report import save_small_png
+
+    save_small_png(fig, path)

@@ -38,7 +38,8 @@ CAVEATS = (
     "order of magnitude.",
     "int8 scales differently from float32 on ARM (Cortex-A72 in the Pi 4 has no int8 dot-product instructions; "
     "Cortex-A76 in the Pi 5 has them), so the int8 projection is the least certain.",
-    "End-to-end projections also scale JPEG decoding and resizing by the same factor, which is rougher still.",
+    "End-to-end projections also scale JPEG decoding and resizing by the same factor, which is rougher still, and "
+    "their latencies come from the end-to-end run, not from the session in which the reference was timed.",
 )
 
 

@@ -51,6 +51,21 @@ def _plt():
     return plt
 
 
+def save_small_png(fig, path: Path) -> Path:
+    """Save a figure as a 256-colour palette PNG: a few times smaller, and plots need no more colours."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    _plt().close(fig)
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+    return path
+
+
 def plot_confusions(tasks: dict, path: Path) -> Path:
     """Confusion matrices at the shipped threshold: one row per task, one column per precision."""
     plt = _plt()
@@ -72,9 +87,7 @@ def plot_confusions(tasks: dict, path: Path) -> Path:
         for c in range(len(entry["confusion"]), cols):
             axes[r][c].axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return save_small_png(fig, path)
 
 
 def plot_rocs(tasks: dict, path: Path) -> Path:
@@ -83,21 +96,24 @@ def plot_rocs(tasks: dict, path: Path) -> Path:
     from sklearn.metrics import auc, roc_curve
 
     styles = {"keras": dict(lw=3.5, alpha=0.45, ls="-"), "fp16": dict(lw=1.6, ls="--"), "int8": dict(lw=1.4, ls=":")}
-    fig, axes = plt.subplots(1, len(tasks), figsize=(3.9 * len(tasks), 3.9), squeeze=False)
-    for ax, (task, curves) in zip(axes[0], tasks.items()):
-        for name, (positive, score) in curves.items():
-            fpr, tpr, _ = roc_curve(positive, score)
-            ax.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.4f})", **styles.get(name, {}))
-        ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=0.8)
-        ax.set_title(f"{task}: screening ROC", fontsize=10)
-        ax.set_xlabel("1 - specificity", fontsize=8)
-        ax.set_ylabel("sensitivity", fontsize=8)
-        ax.legend(fontsize=8, loc="lower right")
-        ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(2, len(tasks), figsize=(3.9 * len(tasks), 7.4), squeeze=False)
+    for col, (task, curves) in enumerate(tasks.items()):
+        for row, zoom in enumerate((False, True)):
+            ax = axes[row][col]
+            for name, (positive, score) in curves.items():
+                fpr, tpr, _ = roc_curve(positive, score)
+                ax.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.4f})", **styles.get(name, {}))
+            ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=0.8)
+            if zoom:
+                ax.set_xlim(0.0, 0.2)
+                ax.set_ylim(0.8, 1.0)
+            ax.set_title(f"{task}: screening ROC" + (" (zoom on the corner)" if zoom else ""), fontsize=10)
+            ax.set_xlabel("1 - specificity", fontsize=8)
+            ax.set_ylabel("sensitivity", fontsize=8)
+            ax.legend(fontsize=8, loc="lower right")
+            ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return save_small_png(fig, path)
 
 
 def plot_latency(speed: dict, path: Path) -> Path:
@@ -141,9 +157,7 @@ def plot_latency(speed: dict, path: Path) -> Path:
                      "blue: Pi-projection reference, not a peer", fontsize=9)
         ax.grid(axis="x", alpha=0.3, which="both")
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return save_small_png(fig, path)
 
 
 def plot_sizes(sizes: list[dict], path: Path) -> Path:
@@ -160,9 +174,7 @@ def plot_sizes(sizes: list[dict], path: Path) -> Path:
     ax.axvline(1.0, ls=":", color="red")
     ax.set_title("file sizes (ours green, peers grey; dotted: 1 MB)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return save_small_png(fig, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,6 +192,21 @@ def _metrics_rows(task: dict) -> list[list[str]]:
                          _f(b["multiclass_accuracy"]),
                          f"{_f(scr['roc_auc'], 4)} ({_f(low, 3)}-{_f(high, 3)})"])
     return rows
+
+
+def _session_note(speed: dict) -> list[str]:
+    """Why one file's latency differs between sessions, with the numbers of each."""
+    rows = []
+    for t, res in sorted(speed["by_threads"].items(), key=lambda kv: int(kv[0])):
+        sessions = res["sessions"]
+        values = [f"{name} {_ms(sessions[name][key]['median_ms'])}" for name, key in
+                  (("tflite", "tflite_int8"), ("ours", "tflite_int8"), ("peers", "ours:tflite_int8"))
+                  if name in sessions and key in sessions[name]]
+        rows.append(f"{t} thread(s): " + ", ".join(values))
+    return ["Why the same file's median differs between sessions: interleaved with Keras or VGG16 calls, which "
+            "evict the caches and move the clock, a small model runs colder than among TFLite calls alone. The "
+            "latency targets use the TFLite-only session; the speed-up over VGG16 uses the peers session. int8 "
+            "medians by session (TFLite-only, ours with Keras, peers): " + "; ".join(rows) + ".", ""]
 
 
 def write_markdown(results: dict, path: Path) -> Path:
@@ -301,6 +328,7 @@ def write_markdown(results: dict, path: Path) -> Path:
                           "is faster):", ""]
                 lines += [f"- {r['slower']} / {r['faster']} = **{r['speedup']:.2f}x**" for r in speed["ratios"][t]["peers"]]
             lines += [""]
+        lines += _session_note(speed)
         if results.get("plots", {}).get("latency"):
             lines += [f"![latency]({results['plots']['latency']})", ""]
         lines += ["Every raw sample behind these summaries, in run order: `latency_samples.json.gz`.", ""]

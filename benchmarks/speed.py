@@ -74,8 +74,7 @@ def run_worker(config: dict) -> dict:
     result["sessions"]["tflite"] = round_robin(tflite_only, int(config["tflite_runs"]), int(config["warmup"]),
                                                seed + 2, progress, f"model-only, TFLite, {threads} thread(s)")
     if config.get("peers"):
-        session = {f"ours:{k}": v for k, v in session_ours.items()
-                   if k in ("keras_predict", "keras_call", "tflite_f32", "tflite_int8")}
+        session = {f"ours:{k}": v for k, v in session_ours.items()}
         for peer in config["peers"]:
             peer_image = _input_image(int(peer["input_size"]), seed)
             if not peer.get("reference_only"):
