@@ -95,6 +95,9 @@ def _common_options(heatmap_default_help: str = "no heatmaps") -> argparse.Argum
                        help="screening log (SQLite) to record every result in "
                             "(default: $CXR_LOG or ~/.local/share/cxr-edge/screenings.db)")
     group.add_argument("--no-log", action="store_true", help="do not record results in the screening log")
+    group.add_argument("--store-identifiers", action="store_true",
+                       help="keep input file paths in the log (by default a file is logged as 'file' and known by "
+                            "its sha256: scanner file names often carry the patient's name)")
     group.add_argument("--no-quality-gate", action="store_true",
                        help="classify even images that do not look like chest X-rays (not recommended)")
     group.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -244,7 +247,7 @@ def open_log(args):
         return None
     from .log import ScreeningLog, default_log_path
 
-    return ScreeningLog(args.log or default_log_path())
+    return ScreeningLog(args.log or default_log_path(), store_patient_ids=getattr(args, "store_identifiers", False))
 
 
 def open_camera(args):

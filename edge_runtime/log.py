@@ -52,6 +52,11 @@ CREATE INDEX IF NOT EXISTS screenings_label ON screenings (label, id);
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
+def _looks_like_path(source: str) -> bool:
+    """True for a file path or name (a separator or an extension), not for kinds like ``web``."""
+    return "/" in source or "\\" in source or bool(os.path.splitext(source)[1])
+
+
 class LogError(CxrError):
     """The screening log cannot be opened or written (not a database, read-only, disk full)."""
 
@@ -87,8 +92,10 @@ class ScreeningLog:
 
     Args:
         path: SQLite file; created with its folder when missing.
-        store_patient_ids: Keep the ``patient_id`` passed to :meth:`record`. Off by default: the
-            log then holds no patient identifier (the image is known only by its sha256).
+        store_patient_ids: Keep the ``patient_id`` passed to :meth:`record`, and input file paths
+            as ``source``. Off by default: the log then holds no patient identifier (file names
+            from scanners often carry the patient's name), the image is known by its sha256 and a
+            file source is recorded as ``file``.
         timeout: Seconds to wait for another process's write lock.
 
     Raises:
@@ -137,7 +144,8 @@ class ScreeningLog:
 
         Args:
             result: A :class:`edge_runtime.classifier.Result` (or a mapping with its fields).
-            source: Where the image came from: a file path, ``camera``, ``web``.
+            source: Where the image came from: a file path (kept only with
+                ``store_patient_ids``, else recorded as ``file``), ``camera``, ``web``.
             heatmap_path: The heatmap/overlay file written for it, if any.
             patient_id: Stored only when the log was opened with ``store_patient_ids=True``.
 
@@ -152,6 +160,8 @@ class ScreeningLog:
                 logger.warning("patient ids are not stored: open the log with store_patient_ids=True to keep them")
                 self._warned_patient_id = True
             patient_id = None
+        if source is not None and not self.store_patient_ids and _looks_like_path(str(source)):
+            source = "file"
         probabilities = {str(k): float(v) for k, v in dict(_field(result, "probabilities") or {}).items()}
         latency = _field(result, "latency_ms")
         row = (

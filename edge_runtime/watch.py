@@ -94,9 +94,9 @@ def save_overlay(result, path: PathLike, alpha: float = 0.4, max_side: int = OVE
 
 
 def heatmap_name(source_name: str, image_sha256: str) -> str:
-    """``<stem>.<sha256[:12]>.heatmap.png``: unique per content, readable per source."""
-    stem = Path(source_name).stem or "image"
-    return f"{stem}.{image_sha256[:12]}.heatmap.png"
+    """``<sha256[:16]>.heatmap.png``: named by content only, because the source's file name may
+    carry a patient's name and heatmap paths go into the screening log."""
+    return f"{image_sha256[:16]}.heatmap.png"
 
 
 def _unique_target(folder: Path, name: str) -> Path:

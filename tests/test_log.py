@@ -34,7 +34,8 @@ def test_record_and_read_back(log):
     assert isinstance(row_id, int)
     row = log.get(row_id)
     assert tuple(row) == COLUMNS
-    assert row["source"] == "/scans/a.jpeg" and row["heatmap_path"] == "/h/a.png"
+    # File paths may carry a patient's name: recorded as 'file' unless identifiers are kept.
+    assert row["source"] == "file" and row["heatmap_path"] == "/h/a.png"
     assert row["label"] == "PNEUMONIA" and row["decision"].startswith("screening positive")
     assert row["probabilities"] == pytest.approx({"NORMAL": 0.17, "PNEUMONIA": 0.83})
     assert row["score"] == pytest.approx(0.83) and row["threshold"] == 0.5
@@ -62,11 +63,14 @@ def test_accepts_a_mapping(log):
 
 
 def test_patient_id_only_when_configured(tmp_path, log, caplog):
+    assert log.get(log.record(make_result(), source="Doe_Jane.dcm"))["source"] == "file"
+    assert log.get(log.record(make_result(), source="camera"))["source"] == "camera"
     row = log.get(log.record(make_result(), source="x", patient_id="Jane Doe 1970"))
     assert row["patient_id"] is None
     assert "patient ids are not stored" in caplog.text
     with ScreeningLog(tmp_path / "with-ids.db", store_patient_ids=True) as with_ids:
         assert with_ids.get(with_ids.record(make_result(), source="x", patient_id="P-001"))["patient_id"] == "P-001"
+        assert with_ids.get(with_ids.record(make_result(), source="/scans/Doe_Jane.dcm"))["source"] == "/scans/Doe_Jane.dcm"
         buffer = io.StringIO()
         with_ids.export_csv(buffer)
         assert "patient_id" in buffer.getvalue().splitlines()[0] and "P-001" in buffer.getvalue()

@@ -76,7 +76,8 @@ def test_new_files_are_classified_moved_and_logged(tmp_path, log):
     assert by_name["broken.jpeg"].error_code == "invalid_image"
     assert log.count() == 2
     row = log.get(by_name["a.png"].row_id)
-    assert row["source"] == str(inbox / "a.png")
+    assert row["source"] == "file"  # no file names in the log unless identifiers are kept
+    assert "a.png" not in (row["heatmap_path"] or "")
     assert Path(row["heatmap_path"]).is_file() and Path(row["heatmap_path"]).parent == tmp_path / "heatmaps"
     assert by_name["a.png"].moved_to == tmp_path / "done" / "a.png"
 
