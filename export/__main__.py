@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -49,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", choices=("data", "blank"), default="data",
                    help="'blank' calibrates on constant images: only to prove the parity gate catches a broken export")
     p.add_argument("--metadata-python", default=None,
-                   help="Python interpreter with the TFLite metadata writer (default: this one if it can import it, "
-                        "else .venv-metadata/bin/python)")
+                   help="Python interpreter with the TFLite metadata writer (default: $CXR_METADATA_PYTHON, this one "
+                        "if it can import the writer, else .venv-metadata/bin/python)")
     p.add_argument("--no-metadata", action="store_true", help="skip Android metadata (not for shipping)")
     p.add_argument("--force", action="store_true",
                    help="write the files even when the parity gate fails (debugging only; the exit code stays 3)")
@@ -60,10 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def attach_metadata(model_path: Path, spec_path: Path, labels_path: Path, python: str | None) -> None:
-    """Embed Android metadata in place, in this interpreter or the metadata one."""
-    from . import metadata_bridge
+    """Embed Android metadata in place, in this interpreter or the metadata one (its own venv)."""
+    from .metadata import write_metadata_external
 
-    metadata_bridge.write(model_path, spec_path, labels_path, python)
+    write_metadata_external(model_path, model_path, spec_path, labels_path, python=python)
+    logger.info("embedded TFLite metadata in %s", model_path.name)
 
 
 def export_model(args) -> dict:
@@ -126,11 +126,11 @@ def export_model(args) -> dict:
     report = {"model": name, "keras_model": str(model_path), "validation_images": int(len(val_idx)),
               "calibration_images": int(len(cal_idx)), "calibration": args.calibration, "files": {}}
     failures = []
-    from training.gradcam import keras_cams
+    from training.gradcam import gradcam_heatmaps
     from edge_runtime.cam import compute_cam
 
     cam_idx = np.arange(min(200, len(val_idx)))
-    keras_cam = keras_cams(model, val_inputs[cam_idx], keras_probs[cam_idx], spec)
+    keras_cam = gradcam_heatmaps(model, val_inputs[cam_idx], keras_probs[cam_idx].argmax(axis=1))
     for filename in files:
         precision = "int8" if "_int8" in filename else "fp16"
         probs, feats = run_tflite(stage / filename, val_inputs)
@@ -214,9 +214,6 @@ def main(argv=None) -> int:
     except (ExportError, CxrError) as err:
         logger.error("%s", err)
         return 3
-    except subprocess.CalledProcessError as err:
-        logger.error("metadata writer failed (exit %s): %s", err.returncode, (err.stderr or "").strip()[-2000:])
-        return 4
     summary = {f: {"size_kb": round(s["size_bytes"] / 1024, 1), "top1_agreement": s["top1_agreement"],
                    "auc_delta": s["auc_delta"], "max_prob_diff": s["max_prob_diff"],
                    **({"cam_r": s["cam_pearson_r_mean"]} if "cam_pearson_r_mean" in s else {})}

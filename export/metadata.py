@@ -615,10 +615,10 @@ def write_metadata_external(
     spec_path: str | Path,
     labels_path: str | Path,
     *,
-    author: str,
-    license: str,  # noqa: A002
-    description: str,
-    version: str,
+    author: str = DEFAULT_AUTHOR,
+    license: str = DEFAULT_LICENSE,  # noqa: A002
+    description: str | None = None,
+    version: str | None = None,
     python: str | Path | None = None,
 ) -> Path:
     """`write_metadata` from any interpreter: in-process if a writer imports, else a subprocess.
@@ -630,8 +630,8 @@ def write_metadata_external(
         labels_path: Labels file, one per line.
         author: Metadata author.
         license: Metadata licence text.
-        description: Model description.
-        version: Model version.
+        description: Model description (default: from the spec).
+        version: Model version (default: spec version + training commit).
         python: Interpreter to use (``--metadata-python``); see `resolve_metadata_python`.
 
     Returns:
@@ -642,38 +642,16 @@ def write_metadata_external(
         MetadataToolsUnavailableError: no metadata interpreter was found.
     """
     interpreter = resolve_metadata_python(python)
+    spec = ModelSpec.load(spec_path)
+    description = description or _default_description(spec)
+    version = version or _default_version(spec)
     if Path(interpreter) == Path(sys.executable) and _backend_cache:
-        spec = ModelSpec.load(spec_path).to_dict()
-        return write_metadata(
-            tflite_path,
-            out_path,
-            spec,
-            labels_path,
-            author=author,
-            license=license,
-            description=description,
-            version=version,
-        )
+        return write_metadata(tflite_path, out_path, spec.to_dict(), labels_path, author=author, license=license,
+                              description=description, version=version)
     run_cli(
-        [
-            "write",
-            "--model",
-            str(Path(tflite_path).resolve()),
-            "--spec",
-            str(Path(spec_path).resolve()),
-            "--labels",
-            str(Path(labels_path).resolve()),
-            "--out",
-            str(Path(out_path).resolve()),
-            "--author",
-            author,
-            "--license",
-            license,
-            "--description",
-            description,
-            "--version",
-            version,
-        ],
+        ["write", "--model", str(Path(tflite_path).resolve()), "--spec", str(Path(spec_path).resolve()),
+         "--labels", str(Path(labels_path).resolve()), "--out", str(Path(out_path).resolve()),
+         "--author", author, "--license", license, "--description", description, "--version", version],
         python=interpreter,
     )
     return Path(out_path)
