@@ -24,6 +24,25 @@ POSITIVE_DECISION = "screening positive: refer to a clinician"
 NEGATIVE_DECISION = "screening negative"
 
 
+def screening_score(probs: np.ndarray, negative_index: int) -> np.ndarray:
+    """Screening score per row: probability that the image is not the negative (NORMAL) class."""
+    return 1.0 - np.asarray(probs, dtype=np.float64)[..., negative_index]
+
+
+def decide(probs: np.ndarray, negative_index: int, threshold: float) -> np.ndarray:
+    """The shipped decision rule, per row of (N, C) probabilities: NORMAL when the screening score
+    is below ``threshold``, else the likeliest abnormal class (the argmax for two classes at 0.5).
+
+    Training, export and benchmarks call this same function, so every report uses the rule the
+    device applies.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    masked = probs.copy()
+    masked[:, negative_index] = -np.inf
+    abnormal = masked.argmax(axis=1)
+    return np.where(screening_score(probs, negative_index) >= threshold, abnormal, negative_index)
+
+
 @dataclasses.dataclass(frozen=True)
 class ClassifierOptions:
     """How a :class:`Classifier` loads and runs its model.
@@ -194,13 +213,8 @@ class Classifier:
     def decide(self, probs: np.ndarray) -> tuple[int, float, bool]:
         """(label index, screening score, positive) under the spec's threshold rule."""
         neg = self.spec.negative_index
-        score = float(1.0 - probs[neg])
-        positive = score >= self.spec.threshold
-        if not positive:
-            return neg, score, False
-        masked = np.array(probs, dtype=np.float64)
-        masked[neg] = -np.inf
-        return int(np.argmax(masked)), score, True
+        score = float(screening_score(probs, neg))
+        return int(decide(np.asarray(probs)[None], neg, self.spec.threshold)[0]), score, score >= self.spec.threshold
 
     def classify(self, image: ImageSource, heatmap: bool | None = None) -> Result:
         """Classify one image: decode, check, preprocess, invoke and optionally explain.

@@ -5,25 +5,12 @@ from __future__ import annotations
 import numpy as np
 from sklearn import metrics as skm
 
+from edge_runtime.classifier import decide, screening_score
 from edge_runtime.spec import ModelSpec
 
 
-def positive_score(probs: np.ndarray, negative_index: int) -> np.ndarray:
-    """Screening score: probability that the image is not the negative (NORMAL) class."""
-    return 1.0 - np.asarray(probs, dtype=np.float64)[:, negative_index]
-
-
-def decide(probs: np.ndarray, negative_index: int, threshold: float) -> np.ndarray:
-    """Predicted class per row: NORMAL below ``threshold``, else the likeliest abnormal class.
-
-    The same rule as the edge runtime's ``Classifier``: with two classes and threshold 0.5 it is
-    the argmax.
-    """
-    probs = np.asarray(probs, dtype=np.float64)
-    masked = probs.copy()
-    masked[:, negative_index] = -np.inf
-    abnormal = masked.argmax(axis=1)
-    return np.where(positive_score(probs, negative_index) >= threshold, abnormal, negative_index)
+#: Screening score (1 - P(negative)) and the decision rule come from the runtime: one rule everywhere.
+positive_score = screening_score
 
 
 def choose_threshold(y_true: np.ndarray, probs: np.ndarray, negative_index: int,
