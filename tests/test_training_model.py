@@ -20,6 +20,7 @@ def test_two_class_training_learns_and_writes_its_outputs(tiny_trained):
     assert summary["val_auc"] >= 0.9, summary
     spec = json.loads((out / "spec.json").read_text())
     assert 0 < spec["threshold"] < 1 and spec["training"]["seed"] == 0
+    assert spec["training"]["command"].startswith("(called from Python")  # not the test runner's argv
     report = json.loads((out / "validation.json").read_text())
     assert report["screening"]["at_threshold"]["sensitivity"] >= 0.95
 

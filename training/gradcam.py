@@ -62,11 +62,6 @@ def gradcam_heatmaps(model, images: np.ndarray, class_indices: np.ndarray, featu
     return np.stack(out).astype(np.float32) if out else np.zeros((0, 1, 1), np.float32)
 
 
-def keras_cams(model, images: np.ndarray, probs: np.ndarray, spec: ModelSpec) -> np.ndarray:
-    """Grad-CAM of each image for its argmax class (what parity reports compare against)."""
-    return gradcam_heatmaps(model, images, np.asarray(probs).argmax(axis=1))
-
-
 def main(argv=None) -> int:
     """python -m training gradcam --model M --out DIR IMAGE...: Keras Grad-CAM overlays as PNG."""
     parser = argparse.ArgumentParser(prog="python -m training gradcam",

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -52,7 +53,7 @@ class TrainConfig:
     split: str | None = None
     cache_dir: str | None = None
     threads: int = 0
-    max_images: int = 0
+    command: str = "(called from Python, not the command line)"
 
 
 def git_commit() -> str:
@@ -167,8 +168,6 @@ def train(config: TrainConfig) -> dict:
 
     started = time.time()
     dataset = load_dataset(config.data, task, spec, cache_dir=config.cache_dir)
-    if config.max_images and len(dataset.samples) > config.max_images:
-        raise DataError("max_images is for tests: pass a smaller data folder instead")
     if config.split and Path(config.split).exists():
         train_idx, val_idx = load_split(config.split, dataset)
         logger.info("reusing split %s", config.split)
@@ -248,7 +247,7 @@ def train(config: TrainConfig) -> dict:
                         f"sensitivity >= {config.min_sensitivity:.2f}"),
         feature_map_shape=feature_shape,
         training={
-            "command": "python -m training train " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["train"] else sys.argv[1:]),
+            "command": config.command,
             "data": config.data,
             "seed": config.seed,
             "commit": git_commit(),
@@ -315,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     task = TASKS[args.task]
@@ -324,6 +324,7 @@ def main(argv=None) -> int:
     values.update(data=str(data), out=str(out))
     for key in ("weights", "split", "cache_dir"):
         values[key] = str(values[key]) if values[key] else None
+    values["command"] = "python -m training train " + shlex.join(argv)
     config = TrainConfig(**values)
     try:
         summary = train(config)
