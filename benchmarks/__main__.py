@@ -367,10 +367,9 @@ def _run_quality_gate_benchmark(out: Path) -> dict:
 
 
 def section_others(args, assets, out: Path, quick: bool) -> dict:
-    """Results of the other helpers' benchmark modules, when they exist (else a TODO for the lead)."""
+    """The web load test and the quality-gate benchmark, each in its own process."""
     others = {}
-    here = Path(__file__).resolve().parent
-    if (here / "load_web.py").exists() and not quick and not args.no_load_test:
+    if not quick and not args.no_load_test:
         try:
             proc = subprocess.run([sys.executable, "-m", "benchmarks.load_web", "--models", str(assets), "--json"],
                                   cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800,
@@ -387,19 +386,12 @@ def section_others(args, assets, out: Path, quick: bool) -> dict:
                                                                 "exit_code": proc.returncode}
         except (RuntimeError, subprocess.TimeoutExpired, ValueError, KeyError) as err:
             others["web load test (benchmarks/load_web.py)"] = {"text": f"Run failed: {err}"}
-    elif quick or args.no_load_test:
+    else:
         others["web load test (benchmarks/load_web.py)"] = {"text": "Not run in this mode (--quick or --no-load-test)."}
-    else:
-        others["web load test (benchmarks/load_web.py)"] = {
-            "text": "TODO (lead): benchmarks/load_web.py did not exist when this report was made."}
-    if (here / "quality_gate.py").exists() and not quick and not args.no_quality_gate_benchmark:
+    if not quick and not args.no_quality_gate_benchmark:
         others["quality gate (benchmarks/quality_gate.py)"] = _run_quality_gate_benchmark(out)
-    elif quick or args.no_quality_gate_benchmark:
-        others["quality gate (benchmarks/quality_gate.py)"] = {"text": "Not run in this mode."}
     else:
-        others["quality gate (benchmarks/quality_gate.py)"] = {
-            "text": "TODO (lead): benchmarks/quality_gate.py did not exist when this report was made; include its "
-                    "results here once it lands."}
+        others["quality gate (benchmarks/quality_gate.py)"] = {"text": "Not run in this mode."}
     return others
 
 
