@@ -58,6 +58,9 @@ def load_eval_data(models: TaskModels, spec: ModelSpec, data: Path | None, share
 
     Without ``data``: the validation side of the model's own saved split. With it: every image
     of that labelled folder (one subfolder per class, or the task's own layout).
+
+    Returns:
+        (inputs, labels, description, skipped count, dataset, indices into the dataset).
     """
     from training.data import TASKS, load_dataset, load_split
     from training.evaluate import task_for_folder
@@ -79,7 +82,43 @@ def load_eval_data(models: TaskModels, spec: ModelSpec, data: Path | None, share
                        f"(grouped by patient and near-duplicate; {len(indices)} images")
     labels = dataset.labels[indices]
     counts = ", ".join(f"{label} {int((labels == i).sum())}" for i, label in enumerate(spec.labels))
-    return dataset.rgb(indices), labels, f"{description}: {counts})", len(dataset.skipped)
+    return dataset.rgb(indices), labels, f"{description}: {counts})", len(dataset.skipped), dataset, indices
+
+
+def lung_localization_report(dataset, indices: np.ndarray, features: np.ndarray, probs: np.ndarray,
+                             spec: ModelSpec, mask_root: Path) -> dict:
+    """Heatmap of the shown label (edge CAM) against lung masks, per shown label and population."""
+    from edge_runtime.cam import compute_cam
+    from edge_runtime.classifier import decide
+    from training.data import load_masks
+    from training.metrics import lung_localization
+
+    masks, present = load_masks(dataset, mask_root)
+    keep = np.nonzero(present[indices])[0]
+    if not len(keep):
+        return {}
+    called = decide(probs[keep], spec.negative_index, spec.threshold)
+    weights = np.asarray(spec.cam_weights, dtype=np.float32)
+    cams = np.stack([compute_cam(features[k], weights, int(c)) for k, c in zip(keep, called)])
+    pops = np.array([dataset.samples[indices[k]].population for k in keep])
+    out = {}
+    for label_index, label in enumerate(spec.labels):
+        for pop in sorted(set(pops.tolist())):
+            sel = (called == label_index) & (pops == pop)
+            if sel.any():
+                out[f"{label}|{pop}"] = lung_localization(cams[sel], masks[indices[keep[sel]]])
+    return out
+
+
+def population_metrics(dataset, indices: np.ndarray, probs: np.ndarray, spec: ModelSpec, n_boot: int,
+                       seed: int) -> dict:
+    """Every screening metric per population (children, adults, ...) for one set of probabilities."""
+    from training.metrics import evaluate_predictions
+
+    pops = np.array([dataset.samples[i].population for i in indices])
+    labels = dataset.labels[indices]
+    return {pop: evaluate_predictions(labels[pops == pop], probs[pops == pop], spec, n_boot=n_boot, seed=seed)
+            for pop in sorted(set(pops.tolist()))}
 
 
 def evaluate_task(models: TaskModels, data: Path | None, shared_data: Path, cache_dir: Path | None,
@@ -98,7 +137,8 @@ def evaluate_task(models: TaskModels, data: Path | None, shared_data: Path, cach
     from training.train import predict_probs
 
     spec = ModelSpec.load(models.spec_path)
-    inputs, labels, description, skipped = load_eval_data(models, spec, data, shared_data, cache_dir, progress)
+    inputs, labels, description, skipped, dataset, indices = load_eval_data(models, spec, data, shared_data,
+                                                                            cache_dir, progress)
     model = keras.saving.load_model(models.keras_path, compile=False)
     probs = {"keras": predict_probs(model, inputs[..., 0])}
     features = {}
@@ -131,12 +171,19 @@ def evaluate_task(models: TaskModels, data: Path | None, shared_data: Path, cach
             heatmap[key]["class_explained"] = "the Keras model's argmax class (same class for both maps)"
         cam_plot = {"indices": cam_idx, "classes": classes, "reference": reference, "edge": edge_maps}
 
+    localization = {}
+    if "int8_cam" in features:
+        localization = lung_localization_report(dataset, indices, features["int8_cam"], probs["int8_cam"], spec,
+                                                Path(dataset.root) / "lung_masks")
+    by_population = {key: population_metrics(dataset, indices, probs[key], spec, n_boot, seed)
+                     for key in ("keras", "int8") if key in probs}
     neg = spec.negative_index
     positive = (labels != neg).astype(int)
     report = {
         "model": models.name,
         "task": models.task,
         "labels": list(spec.labels),
+        "negative_label": spec.negative_label,
         "threshold": float(spec.threshold),
         "data": description,
         "skipped_unreadable_files": int(skipped),
@@ -145,6 +192,8 @@ def evaluate_task(models: TaskModels, data: Path | None, shared_data: Path, cach
         "metrics": metrics,
         "parity_vs_keras": parity,
         "heatmap_parity": heatmap,
+        "by_population": by_population,
+        "lung_localization": localization,
     }
     plot = {
         "spec": spec, "labels": labels, "inputs": inputs, "cam": cam_plot,

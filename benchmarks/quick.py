@@ -76,7 +76,7 @@ def build_quick_assets(workdir: Path) -> tuple[Path, Path]:
     cache = workdir / "cache"
     config = TrainConfig(task="binary", data=str(data), out=str(train_dir), input_size=QUICK_SIZE, width=0.5,
                          epochs=3, batch_size=16, learning_rate=5e-3, patience=10, val_fraction=0.25, seed=0,
-                         augment=False, cache_dir=str(cache), threads=2)
+                         augment=False, epoch_size=0, cache_dir=str(cache), threads=2)
     train(config)
     args = build_parser().parse_args(["--model", str(train_dir / "model.keras"), "--data", str(data),
                                       "--out", str(assets), "--calibration-size", "60", "--no-metadata",

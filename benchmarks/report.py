@@ -268,6 +268,26 @@ def write_markdown(results: dict, path: Path) -> Path:
                         [[f"{task['files'][k]}", _pct(p["top1_agreement"]), _pct(p["decision_agreement"]),
                           _f(p["max_prob_diff"], 4), _f(p["mean_prob_diff"], 5), _f(p["auc_tflite"], 4),
                           f"{p['auc_delta']:+.4f}"] for k, p in task["parity_vs_keras"].items()])
+        pops = task.get("by_population") or {}
+        if pops:
+            lines += ["", "By population, each alone (shipped threshold):", ""]
+            lines += _table(["model", "population", "images", "sensitivity", "specificity", "PPV", "NPV",
+                             "ROC AUC (95% CI)"],
+                            [[variant, pop, str(m["n"]), _f(m["screening"]["at_threshold"]["sensitivity"], 3),
+                              _f(m["screening"]["at_threshold"]["specificity"], 3),
+                              _f(m["screening"]["at_threshold"]["ppv"], 3), _f(m["screening"]["at_threshold"]["npv"], 3),
+                              f"{_f(m['screening']['roc_auc'], 4)} ({_f(m['screening']['roc_auc_ci95'][0], 3)}-"
+                              f"{_f(m['screening']['roc_auc_ci95'][1], 3)})"]
+                             for variant, by_pop in pops.items() for pop, m in by_pop.items()])
+        loc = task.get("lung_localization") or {}
+        if loc:
+            lines += ["", "Does the heatmap point at the lungs? Edge int8 CAM of the shown label against the lung "
+                      "masks of `lung_masks/` (held-out films that have one): share of the heatmap's mass inside "
+                      "the lungs, and share of films whose hottest cell is at least half lung.", ""]
+            lines += _table(["shown label", "population", "films", "mass inside the lungs", "hottest cell inside",
+                             "lungs' share of the image"],
+                            [[key.split("|")[0], key.split("|")[1], str(r["images"]), _pct(r["mass_inside_mean"], 1),
+                              _pct(r["hottest_inside"], 1), _pct(r["lung_area_mean"], 1)] for key, r in loc.items()])
         lines += [""]
     if results.get("plots", {}).get("roc"):
         lines += [f"Screening ROC, Keras / float16 / int8 overlaid: ![ROC]({results['plots']['roc']})", ""]

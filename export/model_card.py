@@ -16,8 +16,14 @@ COVID_CREDIT = (
     "Med. 132:104319 (2021); adult normals originally from RSNA / NIH ChestX-ray14. Research use; the original "
     "sources' terms apply.")
 
+ADULT_CREDIT = (
+    "Adult pneumonia / lung opacity and adult normal films: the \"Infection Segmentation Data\" subset of COVID-QU-Ex "
+    "(Tahir et al., Comput. Biol. Med. 139:105002, 2021; Qatar University and University of Dhaka), mostly from RSNA / "
+    "NIH ChestX-ray14; lung masks from the same source. Research use; the original sources' terms apply.")
+
 TASK_TEXT = {
-    "binary": ("NORMAL vs PNEUMONIA on paediatric chest X-rays.", [KERMANY_CREDIT]),
+    "binary": ("NORMAL vs PNEUMONIA on chest X-rays of children (Kermany, Guangzhou) and adults (RSNA / NIH films "
+               "via COVID-QU-Ex and the COVID-19 Radiography Database).", [KERMANY_CREDIT, ADULT_CREDIT, COVID_CREDIT]),
     "etiology": ("NORMAL / BACTERIAL / VIRAL pneumonia on paediatric chest X-rays; the etiology labels come from the "
                  "data set's file names.", [KERMANY_CREDIT]),
     "covid": ("COVID-19 / NORMAL / PNEUMONIA. NORMAL mixes Kermany paediatric normals and adult normals; COVID-19 "
@@ -26,7 +32,13 @@ TASK_TEXT = {
 }
 
 LIMITS = {
-    "binary": [],
+    "binary": ["Adults: the adult films come from one hospital system (RSNA / NIH), and many adult PNEUMONIA films are "
+               "portable AP films of inpatients with lines, electrodes and 'PORTABLE' markers while most adult normals "
+               "are PA outpatient films: the model may partly have learnt 'portable film' (the shift check in "
+               "shift.md renders such markers on normal films to measure it).",
+               "COVID-19 films were kept out of training (they all come from other hospitals than the adult normals, and "
+               "would teach 'another hospital means pneumonia'); what the model calls them is reported above as a "
+               "check on unseen hospitals."],
     "etiology": ["Bacterial and viral pneumonia are hard to tell apart on a radiograph even for radiologists; the "
                  "file-name labels are the data set's, not laboratory-confirmed per image."],
     "covid": ["Confounder: every COVID-19 image is an adult from other hospitals, every PNEUMONIA image a child from "
@@ -37,16 +49,95 @@ LIMITS = {
 }
 
 
+def _population_limits(populations: list) -> list[str]:
+    if "adults" in populations:
+        return ["- Validated on held-out films of the same sources it was trained on: children aged one to five from "
+                "one hospital (Guangzhou Women and Children's Medical Center) and adults from RSNA / NIH ChestX-ray14 "
+                "(North America). Not shown to work on other hospitals' scanners, on film photographed with a phone, "
+                "or prospectively; older children and adolescents are not represented."]
+    return ["- Trained and validated on children aged one to five from one hospital (Guangzhou Women and Children's "
+            "Medical Center) only: not shown to work on adults, on other hospitals' scanners, or on film "
+            "photographed with a phone. The runtime does not stop an adult's film from being screened."]
+
+
 def _f(value) -> str:
     return "n/a" if value is None or value != value else f"{value:.3f}"
 
 
+def _population_lines(validation: dict) -> list[str]:
+    pops = validation.get("by_population") or {}
+    if not pops:
+        return []
+    lines = ["", "By population, each alone (validation side, shipped threshold):", "",
+             "| population | images | screening AUC (95% CI) | sensitivity | specificity | PPV | NPV |",
+             "|---|---|---|---|---|---|---|"]
+    for pop, r in pops.items():
+        s, b = r["screening"], r["screening"]["at_threshold"]
+        lines.append(f"| {pop} | {r['n']} | {_f(s['roc_auc'])} ({_f(s['roc_auc_ci95'][0])}-{_f(s['roc_auc_ci95'][1])}) | "
+                     f"{_f(b['sensitivity'])} | {_f(b['specificity'])} | {_f(b['ppv'])} | {_f(b['npv'])} |")
+    return lines
+
+
+def _localization_lines(validation: dict) -> list[str]:
+    loc = validation.get("lung_localization") or {}
+    if not loc:
+        return []
+    lines = ["", "Does the heatmap point at the lungs? (validation films with a lung mask; the heatmap of the shown "
+             "label)", "", "| shown label, population | films | heat inside the lungs | hottest cell inside | "
+             "lungs' share of the image |", "|---|---|---|---|---|"]
+    lines += [f"| {key} | {r['images']} | {_f(r['mass_inside_mean'])} | {_f(r['hottest_inside'])} | "
+              f"{_f(r['lung_area_mean'])} |" for key, r in loc.items()]
+    return lines
+
+
+def _unseen_lines(validation: dict) -> list[str]:
+    unseen = validation.get("unseen_sources") or {}
+    if not unseen:
+        return []
+    lines = ["", "Films from sources never trained on (every one of them abnormal):", ""]
+    for name, r in unseen.items():
+        lines.append(f"- {name}: {r['n']} images, called " + ", ".join(
+            f"{label} {count} ({count / max(r['n'], 1):.1%})" for label, count in r["called"].items()))
+    return lines
+
+
+def shift_summary(shift: dict) -> list[dict]:
+    """Rows (family, severity, roc_auc, sensitivity, specificity): the original, then each family's strongest."""
+    rows = []
+    for family, block in (shift.get("families") or {}).items():
+        results = block.get("results") or []
+        if not rows and results:
+            base = results[0]["overall"]
+            rows.append({"family": "original", "severity": 0, **{k: base.get(k) for k in
+                                                                ("roc_auc", "sensitivity", "specificity")}})
+        if results:
+            last = results[-1]
+            rows.append({"family": family, "severity": last["severity"],
+                         **{k: last["overall"].get(k) for k in ("roc_auc", "sensitivity", "specificity")}})
+    return rows
+
+
+def _shift_lines(shift: dict) -> list[str]:
+    """The strongest severity of each family of ``python -m training shift`` (shift.md has every severity)."""
+    rows = shift_summary(shift)
+    if not rows:
+        return []
+    lines = ["", "Acquisition-shift check: the validation side re-rendered as other scanners and digitisers would "
+             "(`shift.md` beside the Keras model has every severity and every source):", "",
+             "| perturbation | severity | screening AUC | sensitivity | specificity |", "|---|---|---|---|---|"]
+    lines += [f"| {r['family']} | {r['severity']} | {_f(r['roc_auc'])} | {_f(r['sensitivity'])} | "
+              f"{_f(r['specificity'])} |" for r in rows]
+    return lines
+
+
 def write_model_card(spec: ModelSpec, validation: dict, parity: dict, out_path: str | Path,
-                     by_source: dict | None = None) -> Path:
+                     by_source: dict | None = None, shift: dict | None = None) -> Path:
     """Render ``MODEL_CARD_<name>.md`` from the JSON records (no figure typed by hand).
 
     Args:
-        by_source: Optional ``by_source`` block of a ``python -m training evaluate --split`` report.
+        by_source: Optional ``by_source`` block of a ``python -m training evaluate --split ...`` report
+            (default: the validation report's own).
+        shift: Optional ``shift.json`` of ``python -m training shift``.
     """
     what, credits = TASK_TEXT[spec.task]
     scr = validation["screening"]
@@ -72,8 +163,9 @@ def write_model_card(spec: ModelSpec, validation: dict, parity: dict, out_path: 
         *[f"- {c}" for c in credits],
         "", "## Validation (grouped split of the training data)", "",
         f"These are **validation** figures on {validation['n']} images held out from the training data by patient "
-        "and by near-duplicate, not test figures: the official Kermany test split was not available. On Kermany, "
-        "validation scores are known to overstate test scores (train/test distribution shift).", "",
+        "and by near-duplicate, not test figures: no official test split or outside hospital's films were available "
+        "here. On Kermany, validation scores are known to overstate test scores (train/test distribution shift)."
+        + (f" {validation['split']}." if validation.get("split") else ""), "",
         f"Screening ROC AUC {_f(scr['roc_auc'])} (95% bootstrap CI {_f(scr['roc_auc_ci95'][0])}-"
         f"{_f(scr['roc_auc_ci95'][1])})" + (f"; one-vs-rest macro AUC {_f(validation['macro_auc'])}"
                                             if 'macro_auc' in validation else "") + ".", "",
@@ -83,12 +175,17 @@ def write_model_card(spec: ModelSpec, validation: dict, parity: dict, out_path: 
         f"{_f(thr['npv'])} | {_f(thr['f1'])} | {_f(thr['accuracy'])} | {_f(thr['multiclass_accuracy'])} |",
         f"| 0.5 | {_f(half['sensitivity'])} | {_f(half['specificity'])} | {_f(half['ppv'])} | {_f(half['npv'])} | "
         f"{_f(half['f1'])} | {_f(half['accuracy'])} | {_f(half['multiclass_accuracy'])} |",
+        *_population_lines(validation),
         *(["", "By source folder (validation side, shipped threshold):", "",
             "| source | images | true label | correct | called " + " / ".join(spec.labels) + " |",
             "|---|---|---|---|---|"]
           + [f"| {src} | {row['n']} | {row['true_label']} | {_f(row['correct'])} | "
              + " / ".join(str(row["called"][label]) for label in spec.labels) + " |"
-             for src, row in (by_source or {}).items()] if by_source else []),
+             for src, row in (by_source or validation.get("by_source") or {}).items()]
+          if (by_source or validation.get("by_source")) else []),
+        *_localization_lines(validation),
+        *_unseen_lines(validation),
+        *(_shift_lines(shift) if shift else []),
         "", "## Exported files and parity with the Keras model", "",
         "| file | size KB | top-1 agreement | delta AUC | max prob diff | CAM r |", "|---|---|---|---|---|---|",
     ]
@@ -100,10 +197,9 @@ def write_model_card(spec: ModelSpec, validation: dict, parity: dict, out_path: 
         "Offline screening support where no radiologist is at hand: flag chest X-rays that deserve a clinician's "
         "attention first. Not for diagnosis, not for excluding disease, not for treatment decisions.", "",
         "## Known limits", "",
-        "- Trained on children aged one to five from one hospital (Guangzhou Women and Children's Medical Center): "
-        "not shown to work on adults, on other hospitals' scanners, or on film photographed with a phone.",
+        *_population_limits(training.get("populations") or ["children"]),
         "- Validation only (see above); no external test set, no prospective study.",
-        "- Anterior-posterior paediatric films; lateral views, CT slices and other body parts are out of scope (the "
+        "- Frontal (PA or AP) chest films only; lateral views, CT slices and other body parts are out of scope (the "
         "runtime's quality gate refuses obvious non-X-rays, not every wrong X-ray).",
         *[f"- {text}" for text in LIMITS[spec.task]],
     ]
@@ -119,6 +215,54 @@ def load_by_source(train_dir: Path) -> dict | None:
 
 
 def write_model_card_files(spec_path: Path, train_dir: Path, parity_path: Path, out_path: Path) -> Path:
-    """Re-render a card from files on disk (after adding a by-source evaluation, for instance)."""
+    """Re-render a card from files on disk (after a shift check or a by-source evaluation, for instance)."""
+    shift_path = Path(train_dir) / "shift.json"
     return write_model_card(ModelSpec.load(spec_path), json.loads((Path(train_dir) / "validation.json").read_text()),
-                            json.loads(Path(parity_path).read_text()), out_path, load_by_source(train_dir))
+                            json.loads(Path(parity_path).read_text()), out_path, load_by_source(train_dir),
+                            json.loads(shift_path.read_text()) if shift_path.exists() else None)
+
+
+def results_rows(assets: Path) -> list[str]:
+    """README results table: one row per shipped model and population, from the files on disk."""
+    lines = ["| model | held-out side | population | images | screening AUC (95% CI) | threshold | sensitivity | "
+             "specificity | PPV | NPV | int8 KB | int8 agreement | int8 ΔAUC | train wall time |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for spec_path in sorted(Path(assets).glob("*.spec.json")):
+        spec = ModelSpec.load(spec_path)
+        train_dir = Path(assets) / "training" / spec.name
+        validation_path = train_dir / "validation.json"
+        parity_path = Path(assets) / f"{spec.name}_parity.json"
+        if not validation_path.exists() or not parity_path.exists():
+            continue
+        validation = json.loads(validation_path.read_text(encoding="utf-8"))
+        parity = json.loads(parity_path.read_text(encoding="utf-8"))["files"].get(f"{spec.name}_int8.tflite", {})
+        t = spec.training
+        wall = f"{t.get('fit_seconds', 0) / 60:.1f} min ({t.get('epochs_run')} epochs, best {t.get('best_epoch')})"
+        groups = [("all", validation)] + list((validation.get("by_population") or {}).items())
+        if len(groups) == 2:  # one population: the pooled row says it all
+            groups = [((t.get("populations") or ["all"])[0], validation)]
+        for pop, r in groups:
+            s, b = r["screening"], r["screening"]["at_threshold"]
+            lines.append(
+                f"| {spec.task} | validation | {pop} | {r['n']} | {_f(s['roc_auc'])} ({_f(s['roc_auc_ci95'][0])}-"
+                f"{_f(s['roc_auc_ci95'][1])}) | {spec.threshold:.3f} | {_f(b['sensitivity'])} | {_f(b['specificity'])} | "
+                f"{_f(b['ppv'])} | {_f(b['npv'])} | "
+                + (f"{parity['size_bytes'] / 1024:.0f} | {parity['top1_agreement']:.4f} | {parity['auc_delta']:+.4f} | "
+                   f"{wall} |" if pop in ("all", groups[0][0]) and parity else "| | | |"))
+    return lines
+
+
+def main(argv=None) -> int:
+    """``python -m export.model_card [--assets DIR]``: print the README results table."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m export.model_card",
+                                     description="Print the README's results table from the shipped files.")
+    parser.add_argument("--assets", type=Path, default=Path(__file__).resolve().parent.parent / "android_assets")
+    args = parser.parse_args(argv)
+    print("\n".join(results_rows(args.assets)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

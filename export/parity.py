@@ -8,8 +8,9 @@ from sklearn.metrics import roc_auc_score
 from edge_runtime.classifier import Classifier, ClassifierOptions
 from edge_runtime.spec import ModelSpec
 
-#: Gates from the export issue: (min top-1 agreement, max |delta AUC|) per precision.
-GATES = {"int8": (0.99, 0.005), "fp16": (0.999, 0.005)}
+#: Gates (min top-1 agreement, max |delta AUC|) per precision, on every held-out image; int8 raised
+#: from 0.99 to 0.995 by issue 9 (an outside test found 98.2% for a file that had passed 0.99 here).
+GATES = {"int8": (0.995, 0.005), "fp16": (0.999, 0.005)}
 
 
 def run_tflite(model_path, inputs: np.ndarray, spec_path=None, num_threads: int = 2):

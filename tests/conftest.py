@@ -75,7 +75,7 @@ def tiny_trained(tmp_path_factory, synthetic_data):
     out = tmp_path_factory.mktemp("tiny model") / "run"
     config = TrainConfig(task="binary", data=str(synthetic_data), out=str(out), input_size=TINY_SIZE, width=0.5,
                          epochs=10, batch_size=8, learning_rate=5e-3, patience=10, bn_momentum=0.8, val_fraction=0.25, seed=0,
-                         augment=False, cache_dir=str(out.parent / "cache"), threads=2)
+                         augment=False, epoch_size=0, cache_dir=str(out.parent / "cache"), threads=2)
     summary = train(config)
     return out, summary
 

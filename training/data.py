@@ -35,6 +35,7 @@ class Source:
 
     folder: str
     name_pattern: str | None = None  # regex searched in the file name
+    population: str = "unknown"  # who the films show: "children" or "adults"; reported separately
 
     def matches(self, filename: str) -> bool:
         return self.name_pattern is None or re.search(self.name_pattern, filename) is not None
@@ -54,19 +55,32 @@ class Task:
         return tuple(self.classes)
 
 
+KERMANY = "chest_xray/train"
+
 TASKS: dict[str, Task] = {
+    # Children and adults. COVID-19 films stay out of PNEUMONIA on purpose: all of them come from
+    # hospitals other than the adult normals' (RSNA / NIH), so in PNEUMONIA they would teach
+    # "another hospital means pneumonia", the very shortcut that made normal films from elsewhere
+    # look abnormal. They serve instead as an unseen-hospital check of sensitivity (EXPERIMENTS.md).
     "binary": Task(
         "binary",
-        {"NORMAL": (Source("NORMAL"),), "PNEUMONIA": (Source("PNEUMONIA"),)},
-        "chest_xray/train",
-        "NORMAL vs PNEUMONIA (Kermany pediatric)",
+        {
+            "NORMAL": (Source(f"{KERMANY}/NORMAL", population="children"),
+                       Source("adult_cxr/NORMAL", population="adults"),
+                       Source("covid19/NORMAL_ADULT", population="adults")),
+            "PNEUMONIA": (Source(f"{KERMANY}/PNEUMONIA", population="children"),
+                          Source("adult_cxr/PNEUMONIA", population="adults")),
+        },
+        ".",
+        "NORMAL vs PNEUMONIA, children (Kermany, Guangzhou) and adults (RSNA / NIH via COVID-QU-Ex and the "
+        "COVID-19 Radiography Database)",
     ),
     "etiology": Task(
         "etiology",
         {
-            "NORMAL": (Source("NORMAL"),),
-            "BACTERIAL": (Source("PNEUMONIA", r"_bacteria_"),),
-            "VIRAL": (Source("PNEUMONIA", r"_virus_"),),
+            "NORMAL": (Source("NORMAL", population="children"),),
+            "BACTERIAL": (Source("PNEUMONIA", r"_bacteria_", population="children"),),
+            "VIRAL": (Source("PNEUMONIA", r"_virus_", population="children"),),
         },
         "chest_xray/train",
         "NORMAL / BACTERIAL / VIRAL pneumonia (Kermany pediatric; etiology from file names)",
@@ -74,9 +88,10 @@ TASKS: dict[str, Task] = {
     "covid": Task(
         "covid",
         {
-            "COVID19": (Source("covid19/COVID19"),),
-            "NORMAL": (Source("chest_xray/train/NORMAL"), Source("covid19/NORMAL_ADULT")),
-            "PNEUMONIA": (Source("chest_xray/train/PNEUMONIA"),),
+            "COVID19": (Source("covid19/COVID19", population="adults"),),
+            "NORMAL": (Source("chest_xray/train/NORMAL", population="children"),
+                       Source("covid19/NORMAL_ADULT", population="adults")),
+            "PNEUMONIA": (Source("chest_xray/train/PNEUMONIA", population="children"),),
         },
         ".",
         "COVID-19 / NORMAL / PNEUMONIA (COVID-19 Radiography Database + Kermany; adult normals mixed in)",
@@ -90,6 +105,8 @@ class Sample:
     relpath: str  # relative to the data root: the key saved in splits
     label: int
     patient: str  # patient/study key from the file name (or the file itself)
+    source: str = ""  # the source folder below the data root
+    population: str = "unknown"
 
 
 @dataclasses.dataclass
@@ -106,6 +123,13 @@ class Dataset:
     @property
     def labels(self) -> np.ndarray:
         return np.array([s.label for s in self.samples], dtype=np.int64)
+
+    @property
+    def strata(self) -> np.ndarray:
+        """(N,) id of each sample's (class, source folder): what splits stratify and sampling balances."""
+        keys = [f"{s.label}|{s.source}" for s in self.samples]
+        _, ids = np.unique(keys, return_inverse=True)
+        return ids.astype(np.int64)
 
     def rgb(self, indices: Sequence[int] | None = None) -> np.ndarray:
         """(N, H, W, 3) uint8 model inputs, the luminance replicated as prepare_input does."""
@@ -128,6 +152,23 @@ def patient_key(source_folder: str, filename: str) -> str:
     return f"{source_folder}:{filename}"
 
 
+def resolve_task(task: Task, root: str | Path) -> Task:
+    """The class map to read ``root`` with.
+
+    A folder that holds one subfolder per label (``NORMAL/``, ``PNEUMONIA/``...: the Kermany
+    layout, or any labelled test set) is read directly; otherwise the task's own map applies,
+    relative to ``root`` (e.g. the shared data root for binary and covid).
+    """
+    root = Path(root)
+    if all((root / label).is_dir() for label in task.labels):
+        populations = {label: {s.population for s in sources} for label, sources in task.classes.items()}
+        return Task(task.name, {
+            label: (Source(label, population=next(iter(populations[label])) if len(populations[label]) == 1
+                           else "unknown"),)
+            for label in task.labels}, ".", task.description)
+    return task
+
+
 def list_samples(root: str | Path, task: Task) -> list[Sample]:
     """Every image file of ``task`` below ``root``, in a deterministic order.
 
@@ -144,6 +185,11 @@ def list_samples(root: str | Path, task: Task) -> list[Sample]:
             folder = root / source.folder
             if not folder.is_dir():
                 present = sorted(p.name for p in root.iterdir() if p.is_dir())
+                flat = [lab for lab in task.labels if not (root / lab).is_dir()]
+                if len(flat) < len(task.labels):  # some label folders are there: a folder-per-class root
+                    raise DataError(
+                        f"task {task.name!r}: a folder-per-class root needs folder {root / flat[0]}, which does "
+                        f"not exist (folders in {root}: {present}; labels {list(task.labels)})")
                 raise DataError(
                     f"task {task.name!r}: class {label!r} needs folder {folder}, which does not exist "
                     f"(folders in {root}: {present}); for this task pass the data root that holds "
@@ -159,6 +205,8 @@ def list_samples(root: str | Path, task: Task) -> list[Sample]:
                     relpath=path.relative_to(root).as_posix(),
                     label=label_index,
                     patient=patient_key(source.folder, path.name),
+                    source=source.folder,
+                    population=source.population,
                 ))
                 count += 1
         if count == 0:
@@ -314,7 +362,7 @@ def load_dataset(
     progress: bool = True,
 ) -> Dataset:
     """List, decode (cached) and group every image of ``task`` under ``root``."""
-    samples = list_samples(root, task)
+    samples = list_samples(root, resolve_task(task, root))
     planes, ok, skipped = decode_samples(samples, spec, cache_dir=cache_dir, progress=progress)
     kept = [samples[i] for i in ok]
     if skipped:
@@ -327,7 +375,7 @@ def load_dataset(
 
 
 def split_indices(dataset: Dataset, val_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified split with every group wholly on one side (scikit-learn StratifiedGroupKFold)."""
+    """Split stratified by class and source folder, every group wholly on one side (StratifiedGroupKFold)."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     if not 0.0 < val_fraction < 0.5:
@@ -338,11 +386,27 @@ def split_indices(dataset: Dataset, val_fraction: float = 0.2, seed: int = 0) ->
         raise DataError(f"only {n_groups} patient/duplicate groups in {dataset.root}; a validation fraction of "
                         f"{val_fraction} needs at least {n_splits}")
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    train, val = next(folds.split(np.zeros(len(dataset.samples)), dataset.labels, dataset.groups))
+    train, val = next(folds.split(np.zeros(len(dataset.samples)), dataset.strata, dataset.groups))
     return np.sort(train), np.sort(val)
 
 
-def save_split(path: str | Path, dataset: Dataset, train: np.ndarray, val: np.ndarray, seed: int) -> Path:
+def split_halves(dataset: Dataset, indices: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two halves of ``indices``, stratified by class and source, groups kept whole.
+
+    Training picks its checkpoint on the first half and its threshold on the second, so that
+    neither choice is graded on the data that made it.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    indices = np.asarray(indices)
+    folds = StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=seed + 1)
+    first, second = next(folds.split(np.zeros(len(indices)), dataset.strata[indices], dataset.groups[indices]))
+    return np.sort(indices[first]), np.sort(indices[second])
+
+
+def save_split(path: str | Path, dataset: Dataset, train: np.ndarray, val: np.ndarray, seed: int,
+               calibration: np.ndarray | None = None) -> Path:
+    """Write the split's relative paths; ``val`` picks the checkpoint, ``calibration`` the threshold."""
     path = Path(path)
     payload = {
         "task": dataset.task.name,
@@ -351,19 +415,66 @@ def save_split(path: str | Path, dataset: Dataset, train: np.ndarray, val: np.nd
         "train": [dataset.samples[i].relpath for i in train],
         "val": [dataset.samples[i].relpath for i in val],
     }
+    if calibration is not None:
+        payload["calibration"] = [dataset.samples[i].relpath for i in calibration]
     path.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
     return path
 
 
-def load_split(path: str | Path, dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of a saved split in ``dataset``; files it names that are missing are an error."""
+def load_split(path: str | Path, dataset: Dataset, held_out: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a saved split in ``dataset``; files it names that are missing are an error.
+
+    Returns:
+        (train, val); with ``held_out`` the second array also holds the ``calibration`` side
+        (everything not trained on), for calibration data and evaluation.
+    """
     payload = json.loads(Path(path).read_text(encoding="utf-8"))
     index = {s.relpath: i for i, s in enumerate(dataset.samples)}
-    missing = [p for p in payload["train"] + payload["val"] if p not in index]
+    second = payload["val"] + (payload.get("calibration", []) if held_out else [])
+    missing = [p for p in payload["train"] + second if p not in index]
     if missing:
         raise DataError(f"split {path} names {len(missing)} files not in {dataset.root}, e.g. {missing[:3]}")
     return (np.array(sorted(index[p] for p in payload["train"]), dtype=np.int64),
-            np.array(sorted(index[p] for p in payload["val"]), dtype=np.int64))
+            np.array(sorted(index[p] for p in second), dtype=np.int64))
+
+
+def load_split_sides(path: str | Path, dataset: Dataset) -> dict[str, np.ndarray]:
+    """Every side a saved split names (train, val, and calibration when present), as index arrays."""
+    payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    index = {s.relpath: i for i, s in enumerate(dataset.samples)}
+    sides = {}
+    for side in ("train", "val", "calibration"):
+        if side in payload:
+            missing = [p for p in payload[side] if p not in index]
+            if missing:
+                raise DataError(f"split {path} names {len(missing)} files not in {dataset.root}, e.g. {missing[:3]}")
+            sides[side] = np.array(sorted(index[p] for p in payload[side]), dtype=np.int64)
+    return sides
+
+
+def load_masks(dataset: Dataset, mask_root: str | Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """Lung masks resized to the model input, for the samples that have one.
+
+    A sample's mask is ``mask_root/<relpath with .png>`` (the ``lung_masks`` layout of the shared
+    data). Returns ((N, H, W) uint8 with 1 = lung, zeros where absent; (N,) bool has-mask).
+    """
+    from PIL import Image
+
+    n = len(dataset.samples)
+    h, w = dataset.images.shape[1:3] if len(dataset.images) else (0, 0)
+    masks = np.zeros((n, h, w), np.uint8)
+    present = np.zeros(n, bool)
+    if not mask_root or not Path(mask_root).is_dir():
+        return masks, present
+    mask_root = Path(mask_root)
+    for i, sample in enumerate(dataset.samples):
+        path = mask_root / Path(sample.relpath).with_suffix(".png")
+        if path.is_file():
+            with Image.open(path) as image:
+                grey = image.convert("L").resize((w, h), Image.Resampling.NEAREST)
+            masks[i] = np.asarray(grey) >= 128
+            present[i] = True
+    return masks, present
 
 
 def check_no_leak(dataset: Dataset, train: np.ndarray, val: np.ndarray) -> None:

@@ -12,21 +12,15 @@ import numpy as np
 
 from edge_runtime.spec import ModelSpec
 
-from .data import TASKS, DataError, Source, Task, load_dataset
+from .data import TASKS, DataError, Source, Task, load_dataset, resolve_task
 
 logger = logging.getLogger(__name__)
 
 
 def task_for_folder(spec: ModelSpec, root: Path) -> Task:
-    """The class map to read ``root`` with.
-
-    A folder with one subfolder per label (``NORMAL/``, ``PNEUMONIA/``...) is read directly;
-    otherwise the model's task map applies (e.g. etiology from pneumonia file names in the
-    Kermany layout, or the covid task's data root).
-    """
-    if all((root / label).is_dir() for label in spec.labels):
-        return Task(spec.task, {label: (Source(label),) for label in spec.labels}, ".")
-    return TASKS[spec.task]
+    """The class map to read ``root`` with (see :func:`training.data.resolve_task`)."""
+    task = TASKS.get(spec.task) or Task(spec.task, {label: (Source(label),) for label in spec.labels}, ".")
+    return resolve_task(task, root)
 
 
 def main(argv=None) -> int:

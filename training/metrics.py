@@ -136,3 +136,39 @@ def by_source(sources: list, y_true: np.ndarray, probs: np.ndarray, spec: ModelS
             "called": {label: labels.count(label) for label in spec.labels},
         }
     return out
+
+
+def lung_localization(cams: np.ndarray, masks: np.ndarray) -> dict:
+    """Whether heatmaps point at the lungs: per-image share of heat inside the mask, hottest cell inside.
+
+    Args:
+        cams: (N, h, w) heatmaps in [0, 1] at feature-map resolution (an all-zero map has no heat).
+        masks: (N, H, W) lung masks (non-zero = lung) at the image size, H and W multiples of h and w
+            or not (cells are compared by the lung share of their area).
+
+    Returns:
+        ``images``, ``mass_inside_mean`` (mean over images with heat), ``hottest_inside`` (share of
+        images whose hottest cell is at least half lung), ``no_heat`` (images with an all-zero map).
+    """
+    from edge_runtime.cam import upsample
+
+    mass, hottest, no_heat = [], [], 0
+    for cam, mask in zip(np.asarray(cams, np.float32), np.asarray(masks)):
+        lung = (mask > 0).astype(np.float32)
+        if cam.max() <= 0:
+            no_heat += 1
+            continue
+        up = upsample(cam, lung.shape)
+        mass.append(float((up * lung).sum() / max(up.sum(), 1e-12)))
+        h, w = cam.shape
+        r, c = np.unravel_index(int(np.argmax(cam)), cam.shape)
+        rows = slice(int(r * lung.shape[0] / h), max(int(r * lung.shape[0] / h) + 1, int((r + 1) * lung.shape[0] / h)))
+        cols = slice(int(c * lung.shape[1] / w), max(int(c * lung.shape[1] / w) + 1, int((c + 1) * lung.shape[1] / w)))
+        hottest.append(bool(lung[rows, cols].mean() >= 0.5))
+    return {
+        "images": int(len(cams)),
+        "mass_inside_mean": float(np.mean(mass)) if mass else float("nan"),
+        "hottest_inside": float(np.mean(hottest)) if hottest else float("nan"),
+        "lung_area_mean": float(np.mean([(m > 0).mean() for m in masks])) if len(masks) else float("nan"),
+        "no_heat": int(no_heat),
+    }

@@ -102,3 +102,129 @@ def write_report(result: dict, out_dir: str | Path, prefix: str, title: str, y_t
     if positive.min() != positive.max():
         plot_roc({spec.name: (positive, positive_score(probs, spec.negative_index))}, paths["roc"], title)
     return {k: str(v) for k, v in paths.items()}
+
+
+def keras_cams(model, planes: np.ndarray, class_indices: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """(N, h, w) CAMs of the given classes from a GAP + dense Keras model (the runtime's formula)."""
+    import keras
+
+    from edge_runtime.cam import compute_cam
+
+    from .model import CLASSIFIER_LAYER, FEATURE_LAYER
+
+    features_model = keras.Model(model.inputs, model.get_layer(FEATURE_LAYER).output)
+    kernel = np.asarray(model.get_layer(CLASSIFIER_LAYER).kernel)
+    cams = []
+    for start in range(0, len(planes), batch_size):
+        x = np.repeat(planes[start:start + batch_size, ..., None], 3, axis=-1)
+        feats = np.asarray(features_model(x, training=False))
+        cams += [compute_cam(f, kernel, int(k)) for f, k in zip(feats, class_indices[start:start + batch_size])]
+    return np.stack(cams) if cams else np.zeros((0, 1, 1), np.float32)
+
+
+def population_breakdown(dataset, indices: np.ndarray, probs: np.ndarray, spec: ModelSpec, seed: int = 0) -> dict:
+    """Every metric of :func:`evaluate_predictions` for each population alone (children, adults...)."""
+    from .metrics import evaluate_predictions
+
+    pops = np.array([dataset.samples[i].population for i in indices])
+    out = {}
+    for pop in sorted(set(pops.tolist())):
+        sel = pops == pop
+        out[pop] = evaluate_predictions(dataset.labels[indices][sel], probs[sel], spec, n_boot=300, seed=seed)
+    return out
+
+
+def localization_breakdown(model, dataset, indices: np.ndarray, probs: np.ndarray, spec: ModelSpec,
+                           masks: np.ndarray, has_mask: np.ndarray) -> dict:
+    """Lung localisation of the shown label's heatmap, per (called label, population), masked images only."""
+    from edge_runtime.classifier import decide
+
+    from .metrics import lung_localization
+
+    keep = np.asarray([i for i in range(len(indices)) if has_mask[indices[i]]], dtype=np.int64)
+    if not len(keep):
+        return {}
+    idx = indices[keep]
+    called = decide(probs[keep], spec.negative_index, spec.threshold)
+    cams = keras_cams(model, dataset.images[idx], called)
+    pops = np.array([dataset.samples[i].population for i in idx])
+    out = {}
+    for label_index, label in enumerate(spec.labels):
+        for pop in sorted(set(pops.tolist())):
+            sel = (called == label_index) & (pops == pop)
+            if sel.any():
+                out[f"called {label}, {pop}"] = lung_localization(cams[sel], masks[idx][sel])
+    return out
+
+
+def breakdown_markdown(populations: dict, localization: dict, unseen: dict) -> str:
+    lines = []
+    if populations:
+        lines += ["", "## By population (each alone; decisions at the shipped threshold)", "",
+                  "| population | images | screening AUC (95% CI) | sensitivity | specificity | PPV | NPV | accuracy |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for pop, r in populations.items():
+            s, b = r["screening"], r["screening"]["at_threshold"]
+            low, high = s["roc_auc_ci95"]
+            lines.append(f"| {pop} | {r['n']} | {_fmt(s['roc_auc'])} ({_fmt(low)}-{_fmt(high)}) | "
+                         f"{_fmt(b['sensitivity'])} | {_fmt(b['specificity'])} | {_fmt(b['ppv'])} | "
+                         f"{_fmt(b['npv'])} | {_fmt(b['accuracy'])} |")
+    if localization:
+        lines += ["", "## Does the heatmap point at the lungs? (images with a lung mask)", "",
+                  "| shown label, population | images | heat inside the lungs (mean) | hottest cell inside | "
+                  "lung share of the image |", "|---|---|---|---|---|"]
+        for key, r in localization.items():
+            lines.append(f"| {key} | {r['images']} | {_fmt(r['mass_inside_mean'])} | {_fmt(r['hottest_inside'])} | "
+                         f"{_fmt(r['lung_area_mean'])} |")
+    if unseen:
+        lines += ["", "## Films from sources never trained on", ""]
+        for name, r in unseen.items():
+            lines.append(f"- {name}: {r['n']} images, called " + ", ".join(
+                f"{label} {count} ({count / max(r['n'], 1):.1%})" for label, count in r["called"].items()))
+    return "\n".join(lines) + "\n"
+
+
+def write_validation_reports(model, dataset, spec: ModelSpec, out_dir: Path, sides: dict, masks: np.ndarray,
+                             has_mask: np.ndarray, seed: int = 0, unseen: dict | None = None) -> dict:
+    """Reports of each held-out side: pooled metrics, by source, by population, lung localisation.
+
+    Args:
+        sides: name -> indices (``validation`` picked the checkpoint, ``calibration`` the threshold);
+            a None side is skipped.
+        unseen: name -> (N, H, W) planes of films from sources the model never saw, reported as
+            what the model called them.
+    """
+    from .metrics import by_source, evaluate_predictions
+    from .train import predict_probs
+
+    results = {}
+    unseen_calls = {}
+    for name, planes in (unseen or {}).items():
+        from edge_runtime.classifier import decide
+
+        called = decide(predict_probs(model, planes), spec.negative_index, spec.threshold)
+        unseen_calls[name] = {"n": int(len(planes)),
+                              "called": {label: int((called == i).sum()) for i, label in enumerate(spec.labels)}}
+    notes = {
+        "validation": "picked the checkpoint (its AUC is slightly optimistic); the threshold was not chosen here",
+        "calibration": "picked the threshold (its sensitivity at the threshold is optimistic); not used for the checkpoint",
+    }
+    for name, indices in sides.items():
+        if indices is None or not len(indices):
+            continue
+        y_true = dataset.labels[indices]
+        probs = predict_probs(model, dataset.images[indices])
+        result = evaluate_predictions(y_true, probs, spec, seed=seed)
+        result["split"] = f"{name}: grouped (patient + duplicate) split of the training data; {notes.get(name, '')}"
+        result["by_source"] = by_source([dataset.samples[i].source for i in indices], y_true, probs, spec)
+        result["by_population"] = population_breakdown(dataset, indices, probs, spec, seed=seed)
+        result["lung_localization"] = localization_breakdown(model, dataset, indices, probs, spec, masks, has_mask)
+        result["unseen_sources"] = unseen_calls
+        title = f"{spec.name}: {name} side (grouped split of the training data)"
+        paths = write_report(result, out_dir, name, title, y_true, probs, spec)
+        md = Path(paths["markdown"])
+        md.write_text(md.read_text(encoding="utf-8") + f"\nSide: {result['split']}.\n"
+                      + breakdown_markdown(result["by_population"], result["lung_localization"], unseen_calls),
+                      encoding="utf-8")
+        results[name] = result
+    return results

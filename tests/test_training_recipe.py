@@ -1,0 +1,167 @@
+"""The training recipe's parts: shift augmentation, population balance, three-way split, lung masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import synthetic_xray, write_synthetic_folder
+
+pytest.importorskip("cv2")
+from training.augment import AugmentConfig, augment_batch, augment_image  # noqa: E402
+from training.data import (TASKS, check_no_leak, load_dataset, load_masks, resolve_task, split_halves,  # noqa: E402
+                           split_indices)
+from training.metrics import lung_localization  # noqa: E402
+from edge_runtime.spec import ModelSpec  # noqa: E402
+
+SPEC = ModelSpec(name="t", task="binary", labels=("NORMAL", "PNEUMONIA"), input_height=48, input_width=48)
+
+
+def _mixed_root(tmp_path, per_class=24):
+    """The shared data layout in small: Kermany children and adult folders, and lung masks for some."""
+    rng = np.random.default_rng(3)
+    kermany = write_synthetic_folder(tmp_path / "chest_xray" / "train", per_class=per_class, patients_per_class=12)
+    for label, cls in (("NORMAL", 0), ("PNEUMONIA", 1)):
+        folder = tmp_path / "adult_cxr" / label
+        folder.mkdir(parents=True)
+        mask_dir = tmp_path / "lung_masks" / "adult_cxr" / label
+        mask_dir.mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(synthetic_xray(rng, cls)).convert("RGB").save(folder / f"{label.lower()}-qu{i}.jpeg")
+            mask = np.zeros((64, 64), np.uint8)
+            mask[16:48, 10:54] = 255
+            Image.fromarray(mask).save(mask_dir / f"{label.lower()}-qu{i}.png")
+    (tmp_path / "covid19" / "NORMAL_ADULT").mkdir(parents=True)
+    for i in range(per_class):
+        Image.fromarray(synthetic_xray(rng, 0)).convert("RGB").save(tmp_path / "covid19" / "NORMAL_ADULT" / f"Normal-{i}.jpeg")
+    return tmp_path, kermany
+
+
+def test_augment_keeps_shape_dtype_and_moves_the_mask_with_the_image():
+    rng = np.random.default_rng(0)
+    image = synthetic_xray(rng, 1, 64)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[20:40, 8:30] = 1
+    out, m = augment_image(image, mask, np.random.default_rng(1), AugmentConfig(p_border=0, p_marker=0))
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert m.shape == mask.shape and m.dtype == np.float32
+    assert not np.array_equal(out, image)
+    # A pure geometric transform: the mask of the warped image is the warped mask.
+    geo = AugmentConfig(p_border=0, p_marker=0, p_window=0, gamma=0, contrast=0, brightness=0, p_blur_sharpen=0,
+                        p_lowres=0, p_jpeg=0, p_noise=0)
+    bright = np.where(mask > 0, 250, 10).astype(np.uint8)
+    warped, warped_mask = augment_image(bright, mask, np.random.default_rng(5), geo)
+    assert np.corrcoef(warped.ravel().astype(float), warped_mask.ravel())[0, 1] > 0.95
+
+
+def test_augment_is_deterministic_under_a_seed():
+    images = np.stack([synthetic_xray(np.random.default_rng(i), i % 2, 48) for i in range(6)])
+    masks = np.ones_like(images)
+    a = augment_batch(images, masks, np.random.default_rng(9))
+    b = augment_batch(images, masks, np.random.default_rng(9))
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    c = augment_batch(images, masks, np.random.default_rng(10))
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_binary_task_reads_children_and_adults_with_their_population(tmp_path):
+    root, _ = _mixed_root(tmp_path)
+    dataset = load_dataset(root, TASKS["binary"], SPEC, cache_dir=tmp_path / "cache", progress=False)
+    pops = {(dataset.task.labels[s.label], s.population) for s in dataset.samples}
+    assert pops == {("NORMAL", "children"), ("PNEUMONIA", "children"), ("NORMAL", "adults"), ("PNEUMONIA", "adults")}
+    assert {s.source for s in dataset.samples} == {"chest_xray/train/NORMAL", "chest_xray/train/PNEUMONIA",
+                                                   "adult_cxr/NORMAL", "adult_cxr/PNEUMONIA", "covid19/NORMAL_ADULT"}
+    assert len(set(dataset.strata.tolist())) == 5
+
+
+def test_a_folder_per_class_root_is_read_directly(tmp_path):
+    _, kermany = _mixed_root(tmp_path)
+    task = resolve_task(TASKS["binary"], kermany)
+    assert [s.folder for ss in task.classes.values() for s in ss] == ["NORMAL", "PNEUMONIA"]
+    assert resolve_task(TASKS["binary"], tmp_path) is TASKS["binary"]
+
+
+def test_three_way_split_keeps_groups_apart_and_every_stratum_on_each_side(tmp_path):
+    root, _ = _mixed_root(tmp_path, per_class=40)
+    dataset = load_dataset(root, TASKS["binary"], SPEC, cache_dir=tmp_path / "cache", progress=False)
+    train, held = split_indices(dataset, 0.25, seed=0)
+    val, cal = split_halves(dataset, held, seed=0)
+    for a, b in ((train, val), (train, cal), (val, cal)):
+        check_no_leak(dataset, a, b)
+        assert set(a).isdisjoint(b)
+    assert len(train) + len(val) + len(cal) == len(dataset.samples)
+    for side in (val, cal):
+        assert set(dataset.strata[side].tolist()) == set(dataset.strata.tolist())
+
+
+def test_population_balance_gives_each_class_and_population_an_equal_share(tmp_path):
+    from training.train import sampling_weights
+
+    root, _ = _mixed_root(tmp_path, per_class=30)
+    dataset = load_dataset(root, TASKS["binary"], SPEC, cache_dir=tmp_path / "cache", progress=False)
+    idx = np.arange(len(dataset.samples))
+    p = sampling_weights(dataset, idx, "population")
+    shares = {}
+    for i, w in zip(idx, p):
+        key = (dataset.samples[i].label, dataset.samples[i].population)
+        shares[key] = shares.get(key, 0.0) + w
+    assert len(shares) == 4
+    np.testing.assert_allclose(sorted(shares.values()), [0.25] * 4, atol=1e-9)
+    assert sampling_weights(dataset, idx, "none") is None
+
+
+def test_lung_masks_are_found_by_relative_path(tmp_path):
+    root, _ = _mixed_root(tmp_path)
+    dataset = load_dataset(root, TASKS["binary"], SPEC, cache_dir=tmp_path / "cache", progress=False)
+    masks, present = load_masks(dataset, root / "lung_masks")
+    adult = np.array([s.source.startswith("adult_cxr") for s in dataset.samples])
+    np.testing.assert_array_equal(present, adult)
+    assert masks.shape == dataset.images.shape
+    assert masks[present].max() == 1 and masks[~present].max() == 0
+    assert 0.3 < masks[present].mean() < 0.45  # 32x44 of 64x64, resized to 48x48
+
+
+def test_lung_localization_counts_heat_inside_and_the_hottest_cell():
+    mask = np.zeros((40, 40), np.uint8)
+    mask[:, :20] = 1  # left half is lung
+    inside = np.zeros((4, 4), np.float32)
+    inside[1, 0] = 1.0
+    outside = np.zeros((4, 4), np.float32)
+    outside[2, 3] = 1.0
+    result = lung_localization(np.stack([inside, outside, np.zeros((4, 4), np.float32)]), np.stack([mask] * 3))
+    assert result["hottest_inside"] == 0.5 and result["no_heat"] == 1
+    assert 0.45 < result["mass_inside_mean"] < 0.55
+    assert result["lung_area_mean"] == 0.5
+
+
+def test_centred_logits_keep_the_probabilities_and_shrink_the_logits():
+    pytest.importorskip("tensorflow")
+    import keras
+
+    from export.convert import with_float_input
+    from training.model import CLASSIFIER_LAYER, build_model
+
+    model = build_model(3, (32, 32), width=0.5)
+    dense = model.get_layer(CLASSIFIER_LAYER)
+    kernel, bias = dense.get_weights()
+    dense.set_weights([kernel + 3.0, bias + 10.0])  # a large offset common to every class
+    x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.uint8)
+    centred = with_float_input(model, center_logits=True, input_dtype="uint8")
+    np.testing.assert_allclose(np.asarray(centred(x)), np.asarray(model(x)), atol=1e-5)
+    k2, b2 = centred.get_layer(CLASSIFIER_LAYER).get_weights()
+    np.testing.assert_allclose(k2.mean(axis=1), 0.0, atol=1e-5)
+    assert abs(float(b2.mean())) < 1e-5
+    assert isinstance(centred, keras.Model)
+
+
+def test_weights_rounded_to_float16_are_float16_values():
+    pytest.importorskip("tensorflow")
+    from training.model import build_model
+    from training.train import round_to_float16
+
+    model = build_model(2, (32, 32), width=0.5)
+    round_to_float16(model)
+    for w in model.get_weights():
+        np.testing.assert_array_equal(w, w.astype(np.float16).astype(w.dtype))

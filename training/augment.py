@@ -1,0 +1,124 @@
+"""Training-time augmentation aimed at acquisition shift (numpy + OpenCV, per batch); never exported.
+
+What differs between scanners, digitisers and hospitals is rendered here on every batch:
+position, rotation, zoom and aspect; black or white borders; burned-in markers; windowing,
+gamma, contrast and brightness; blur and sharpening; resolution loss; JPEG re-compression;
+sensor noise. Geometry is applied to the lung mask as well, so the heatmap penalty sees the same
+anatomy as the model. No horizontal flip: the heart sits on the left, and a flipped chest is
+anatomically wrong.
+
+OpenCV rather than TensorFlow ops: on this 2-core machine the same pipeline measured about 20x
+faster per batch (cv2.warpAffine and a 256-entry lookup table for the exposure changes), and it
+runs in a thread beside the training step (OpenCV releases the GIL).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Ranges of each augmentation; probabilities are per image."""
+
+    rotation_deg: float = 8.0
+    zoom: float = 0.12  # scale in [1 - zoom, 1 + zoom], x and y drawn apart (aspect change)
+    shift: float = 0.07  # fraction of the side
+    p_border: float = 0.2
+    border: float = 0.08  # largest band, fraction of the side
+    p_marker: float = 0.3
+    p_window: float = 0.4
+    gamma: float = 0.45  # log-gamma in [-gamma, gamma]
+    contrast: float = 0.25
+    brightness: float = 0.08
+    p_blur_sharpen: float = 0.5
+    p_lowres: float = 0.25
+    p_jpeg: float = 0.25
+    p_noise: float = 0.35
+    noise: float = 0.035  # largest Gaussian sigma, fraction of full scale
+
+
+def _exposure_lut(rng: np.random.Generator, cfg: AugmentConfig, mean: float) -> np.ndarray:
+    """One 256-entry table for window, gamma, contrast and brightness."""
+    x = np.arange(256, dtype=np.float32) / 255.0
+    if rng.random() < cfg.p_window:
+        lo, hi = rng.uniform(0.0, 0.12), rng.uniform(0.85, 1.0)
+        x = np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+        mean = float(np.clip((mean - lo) / (hi - lo), 0.0, 1.0))
+    gamma = float(np.exp(rng.uniform(-cfg.gamma, cfg.gamma)))
+    x = x ** gamma
+    mean = mean ** gamma
+    contrast = 1.0 + rng.uniform(-cfg.contrast, cfg.contrast)
+    x = (x - mean) * contrast + mean + rng.uniform(-cfg.brightness, cfg.brightness)
+    return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def augment_image(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+                  cfg: AugmentConfig = AugmentConfig()) -> tuple[np.ndarray, np.ndarray]:
+    """Augment one (H, W) uint8 plane and its (H, W) lung mask (0/1); returns (plane, float32 mask)."""
+    import cv2
+
+    h, w = image.shape
+    angle = rng.uniform(-cfg.rotation_deg, cfg.rotation_deg)
+    sx, sy = 1.0 + rng.uniform(-cfg.zoom, cfg.zoom, 2)
+    rot = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle, 1.0)
+    matrix = rot @ np.array([[sx, 0, (1 - sx) * (w - 1) / 2.0], [0, sy, (1 - sy) * (h - 1) / 2.0], [0, 0, 1]])
+    matrix[:, 2] += rng.uniform(-cfg.shift, cfg.shift, 2) * (w, h)
+    x = cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    m = cv2.warpAffine(mask.astype(np.float32), matrix, (w, h), flags=cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+    x = cv2.LUT(x, _exposure_lut(rng, cfg, float(x.mean()) / 255.0))
+
+    if rng.random() < cfg.p_blur_sharpen:
+        sigma = rng.uniform(0.6, 1.8)
+        blurred = cv2.GaussianBlur(x, (0, 0), sigma)
+        if rng.random() < 0.5:
+            x = blurred
+        else:  # unsharp mask: x + a (x - blurred)
+            amount = rng.uniform(0.3, 1.2)
+            x = cv2.addWeighted(x, 1.0 + amount, blurred, -amount, 0)
+    if rng.random() < cfg.p_lowres:
+        factor = rng.uniform(0.3, 0.8)
+        small = cv2.resize(x, (max(8, int(w * factor)), max(8, int(h * factor))), interpolation=cv2.INTER_AREA)
+        x = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    if rng.random() < cfg.p_jpeg:
+        ok, encoded = cv2.imencode(".jpg", x, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(15, 70))])
+        if ok:
+            x = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE)
+    if rng.random() < cfg.p_noise:
+        sigma = rng.uniform(0.0, cfg.noise) * 255.0
+        x = np.clip(x + rng.standard_normal(x.shape, dtype=np.float32) * sigma, 0, 255).astype(np.uint8)
+
+    if rng.random() < cfg.p_border:  # black or white bands, as digitisers and cropped films leave
+        value = 0 if rng.random() < 0.5 else 255
+        x = x.copy()
+        for side in range(4):
+            if rng.random() < 0.5:
+                band = int(rng.uniform(0, cfg.border) * (h if side < 2 else w))
+                if band:
+                    region = (slice(0, band), slice(None)) if side == 0 else \
+                        (slice(h - band, h), slice(None)) if side == 1 else \
+                        (slice(None), slice(0, band)) if side == 2 else (slice(None), slice(w - band, w))
+                    x[region] = value
+                    m[region] = 0
+    for _ in range(2):  # burned-in markers: small bright labels near the top or bottom
+        if rng.random() < cfg.p_marker:
+            bw, bh = int(rng.uniform(0.04, 0.14) * w), max(2, int(rng.uniform(0.02, 0.06) * h))
+            x0 = int(rng.uniform(0.0, 0.9) * w)
+            y0 = int((rng.uniform(0.01, 0.15) if rng.random() < 0.5 else rng.uniform(0.8, 0.93)) * h)
+            x = x.copy() if not x.flags.writeable else x
+            x[y0:y0 + bh, x0:x0 + bw] = int(rng.uniform(0.8, 1.0) * 255)
+    return x, m
+
+
+def augment_batch(images: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
+                  cfg: AugmentConfig = AugmentConfig()) -> tuple[np.ndarray, np.ndarray]:
+    """Augment (B, H, W) uint8 planes and (B, H, W) masks; returns (uint8 planes, float32 masks)."""
+    out_x = np.empty_like(images)
+    out_m = np.empty(images.shape, np.float32)
+    for i in range(len(images)):
+        out_x[i], out_m[i] = augment_image(images[i], masks[i], rng, cfg)
+    return out_x, out_m
