@@ -7,6 +7,7 @@ import datetime
 import json
 import logging
 import os
+import signal
 import statistics
 import sys
 import threading
@@ -716,14 +717,23 @@ def cmd_receive(args) -> int:
         log.close()
         _err(f"error: {err}")
         return EXIT_ERROR
+    stopped = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (a service manager stopping the node): a clean stop and exit 0; Ctrl+C: exit 130.
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: stopped.set())
     try:
         _err(f"DICOM node {node.ae_title} on {args.host}:{node.port} ({classifier.spec.name}); "
              f"{'forwarding results to ' + forward.ae_title + ', ' if forward else ''}stop with Ctrl+C")
         if not args.json:
             _out(_TABLE_HEADER)
-        while True:
-            time.sleep(3600)
+        while not stopped.wait(0.5):
+            pass
+        _err("stopped")
+        return EXIT_OK
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         node.close()
         classifier.close()
         log.close()

@@ -266,3 +266,20 @@ def test_cli_receive_echo_store_and_ctrl_c(binary_models, tmp_path):
     line = json.loads(out.strip().splitlines()[-1])
     assert line["status"] == "classified" and line["label"] in ("NORMAL", "PNEUMONIA") and line["log_id"] == 1
     assert PATIENT_NAME not in out + err and PATIENT_ID not in out + err
+
+
+def test_cli_receive_stops_cleanly_on_sigterm(binary_models, tmp_path):
+    """A service manager stops the node with SIGTERM: exit 0, after closing the log."""
+    port = free_port()
+    env = dict(os.environ, CXR_MODELS=str(binary_models["dir"]), PYTHONPATH=str(REPO_ROOT))
+    process = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", "receive", "--host", "127.0.0.1",
+                                "--port", str(port), "--log", str(tmp_path / "term.db")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while "stop with Ctrl+C" not in (process.stderr.readline() or ""):
+            assert process.poll() is None and time.monotonic() < deadline, "the node did not start"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
