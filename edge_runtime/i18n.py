@@ -62,6 +62,13 @@ def label_name(language: str, label: str) -> str:
     return label if text == key else text
 
 
+def task_title(language: str, task: str, fallback: str) -> str:
+    """What a model of ``task`` answers, in ``language`` (``fallback`` for a task without a title)."""
+    key = f"task.{task}"
+    text = translate(language, key)
+    return fallback if text == key else text
+
+
 def plain_result(language: str, label: str, positive: bool) -> str:
     """The result in plain words: "Signs of pneumonia: refer to a clinician" / "No sign of pneumonia found".
 
