@@ -58,6 +58,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if value < 0:
@@ -146,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("watch", "classify each new file in a scanner folder, once",
             "Watch a folder (e.g. where a scanner or PACS export drops files) and classify every new file "
             "exactly once, also across restarts: files already in the screening log are not classified again. "
-            "Files still being written are left until they stop changing. Stop with Ctrl+C.")
+            "Files still being written are left until they stop changing. Stop with Ctrl+C.",
+            parents=(_common_options(omit=("ref",)),))
     p.add_argument("folder", type=Path, metavar="DIR", help="folder to watch")
     p.add_argument("--processed", type=Path, metavar="DIR", help="move classified files here (default: leave them)")
     p.add_argument("--failed", type=Path, metavar="DIR",
@@ -178,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log", type=Path, metavar="PATH",
                    help="screening log (default: $CXR_LOG or ~/.local/share/cxr-edge/screenings.db)")
     p.add_argument("--limit", type=_positive_int, default=20, help="rows to show (default: %(default)s)")
-    p.add_argument("--offset", type=int, default=0, help="skip this many of the newest rows (paging; default: 0)")
+    p.add_argument("--offset", type=_non_negative_int, default=0, help="skip this many of the newest rows (paging; default: 0)")
     p.add_argument("--label", help="only rows with this label, any case (e.g. pneumonia)")
     p.add_argument("--ref", metavar="TEXT", help="only rows whose patient reference contains TEXT (any case)")
     p.add_argument("--csv", type=Path, metavar="FILE", help="export the whole log (or --label rows) as CSV to FILE; "
@@ -192,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
             "../shared/data/fullres_sample next to this checkout; or --samples DIR, or $CXR_SAMPLES), write "
             "heatmap overlays, and compare the screening decisions with the folder names (NORMAL/PNEUMONIA). "
             "Demo results go to the screening log only when --log names one.",
-            parents=(_common_options("~/.local/share/cxr-edge/demo"),))
+            parents=(_common_options("~/.local/share/cxr-edge/demo", omit=("ref",)),))
     p.add_argument("--samples", type=Path, metavar="DIR", help="folder of sample X-rays in per-class sub-folders")
     p.set_defaults(handler=cmd_demo)
 

@@ -55,7 +55,20 @@ def render_result_image(result: Any, title: str | None = None, alpha: float = 0.
     lines = result_lines(result, title)
     if result.heatmap is not None:
         lines.insert(2, "Right: regions that drove this result (class activation map), not an outline of disease.")
-    text_height = (size + 10) * len(lines) + 20
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    wrapped: list[tuple[int, str]] = []  # (index of the source line, text) so the first keeps its colour
+    for index, line in enumerate(lines):
+        font = _font(size + (4 if index == 0 else 0))
+        current = ""
+        for word in line.split():
+            trial = f"{current} {word}".strip()
+            if current and measure.textlength(trial, font=font) > width - 20:
+                wrapped.append((index, current))
+                current = word
+            else:
+                current = trial
+        wrapped.append((index, current))
+    text_height = (size + 10) * len(wrapped) + 20
     canvas = Image.new("RGB", (width, height + text_height), (0, 0, 0))
     x = 0
     for panel in panels:
@@ -64,7 +77,7 @@ def render_result_image(result: Any, title: str | None = None, alpha: float = 0.
     draw = ImageDraw.Draw(canvas)
     colour = (255, 120, 120) if result.positive else (140, 230, 160)
     y = height + 10
-    for index, line in enumerate(lines):
+    for index, line in wrapped:
         draw.text((10, y), line, font=_font(size + (4 if index == 0 else 0)),
                   fill=colour if index == 0 else (255, 255, 255))
         y += size + 10
