@@ -283,3 +283,43 @@ def test_cli_receive_stops_cleanly_on_sigterm(binary_models, tmp_path):
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
+
+
+def test_usual_transfer_syntaxes(node):
+    """Implicit VR (what old CR readers send), RLE and JPEG baseline (what digitisers send) are all screened."""
+    from PIL import Image as PILImage
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, RLELossless
+
+    def send(dataset, syntax) -> int:
+        ae = AE(ae_title="XRAY_ROOM")
+        ae.add_requested_context(dataset.SOPClassUID, syntax)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
+        assert assoc.is_established and assoc.accepted_contexts[0].transfer_syntax[0] == syntax
+        try:
+            return int(assoc.send_c_store(dataset).Status)
+        finally:
+            assoc.release()
+
+    implicit = real_film(ComputedRadiographyImageStorage, index=0)
+    implicit.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    assert send(implicit, ImplicitVRLittleEndian) == 0x0000
+
+    path = sorted((FULLRES / "NORMAL").glob("*.jpeg"))[0]
+    grey = np.asarray(PILImage.open(path).convert("L"))
+    rle = dicom_instance(grey, SecondaryCaptureImageStorage)
+    rle.compress(RLELossless)
+    assert send(rle, RLELossless) == 0x0000
+
+    buffer = io.BytesIO()
+    PILImage.fromarray(np.asarray(PILImage.open(sorted((FULLRES / "NORMAL").glob("*.jpeg"))[1]).convert("L"))).save(
+        buffer, format="JPEG", quality=92)
+    jpeg = dicom_instance(np.zeros((2, 2), np.uint8), SecondaryCaptureImageStorage)
+    with PILImage.open(io.BytesIO(buffer.getvalue())) as decoded:
+        jpeg.Columns, jpeg.Rows = decoded.size
+    jpeg.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    jpeg.PixelData = encapsulate([buffer.getvalue()])
+    jpeg["PixelData"].is_undefined_length = True
+    jpeg["PixelData"].VR = "OB"
+    assert send(jpeg, JPEGBaseline8Bit) == 0x0000
+    assert node.log.count() == 3 and [o.status for o in node.outcomes] == ["classified"] * 3

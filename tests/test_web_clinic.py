@@ -15,6 +15,7 @@ from conftest import ASSETS, SHARED_DATA
 from edge_runtime.log import ScreeningLog
 from edge_runtime.web import WebConfig, create_app
 from runtime_models import make_result
+from test_web_api import check_openapi
 
 XRAY_DIR = SHARED_DATA / "chest_xray" / "train"
 pytestmark = pytest.mark.skipif(not XRAY_DIR.is_dir(), reason=f"real X-rays not found at {XRAY_DIR}")
@@ -55,13 +56,18 @@ def make_client(tmp_path):
 
 def test_plain_words_population_and_pdf_report(make_client):
     client = make_client()
-    body = upload(client, xray("PNEUMONIA"), heatmap="true", preview="true").get_json()
+    classified = upload(client, xray("PNEUMONIA"), heatmap="true", preview="true")
+    check_openapi(classified, "/api/v1/classify", "post")
+    body = classified.get_json()
     assert body["plain"] in ("Signs of pneumonia: refer to a clinician", "No sign of pneumonia found")
     assert body["plain"].startswith("Signs") == body["positive"]
     assert "Guangzhou" in body["population"] and body["reference"] is None
-    models = client.get("/api/v1/models").get_json()["models"]
-    assert all(model["population"] for model in models)
+    listed = client.get("/api/v1/models")
+    check_openapi(listed, "/api/v1/models")
+    assert all(model["population"] for model in listed.get_json()["models"])
+    check_openapi(client.get(f"/api/v1/history/{body['id']}"), "/api/v1/history/{row_id}")
     response = client.get(body["report_pdf_url"])
+    check_openapi(response, "/api/v1/history/{row_id}/report.pdf")
     assert response.status_code == 200 and response.mimetype == "application/pdf"
     assert "attachment" in response.headers["Content-Disposition"]
     text = pdf_text(response.data)
@@ -114,6 +120,7 @@ def test_patient_reference_only_when_enabled(make_client, caplog):
     assert "CLINIC-2024-0042" in page and "OTHER-7" not in page
     assert "CLINIC-2024-0042" in pdf
     assert "CLINIC" not in caplog.text and "OTHER-7" not in caplog.text  # never in the server's log
+    check_openapi(client.get("/api/v1/history?reference=clinic-2024"), "/api/v1/history")
     bad = upload(client, xray(), reference="<script>")
     assert bad.status_code == 400 and bad.get_json()["error"]["code"] == "invalid_parameter"
 
@@ -132,6 +139,8 @@ def test_history_paging_local_time_titles_label_any_case_and_placeholder(make_cl
         client = make_client(log_path=log_path)
         first = client.get("/history").get_data(as_text=True)
         third = client.get("/history?page=3").get_data(as_text=True)
+        api_response = client.get("/api/v1/history?offset=100&limit=50&label=normal")
+        check_openapi(api_response, "/api/v1/history")
         api_page = client.get("/api/v1/history?offset=100&limit=50").get_json()
         filtered = client.get("/history?label=pneumonia").get_data(as_text=True)
     finally:
