@@ -205,3 +205,14 @@ def test_population_from_the_spec_field_when_present(tmp_path):
     data["populations"] = {"validated": "Adults in Lagos"}
     custom.write_text(json.dumps(data), encoding="utf-8")
     assert population_text(spec, custom) == "Adults in Lagos"
+
+
+def test_a_row_without_a_proper_digest_gets_the_placeholder(make_client, tmp_path):
+    log_path = tmp_path / "odd.db"
+    with ScreeningLog(log_path) as log:
+        log.record(make_result(image_sha256="not-a-digest", model_name="cxr_etiology_160"), source="file")
+    client = make_client(log_path=log_path)
+    page = client.get("/history")
+    assert page.status_code == 200 and 'class="thumb-placeholder"' in page.get_data(as_text=True)
+    assert "Pneumonia type (normal / bacterial / viral)" in page.get_data(as_text=True)
+    assert client.get("/api/v1/history").get_json()["items"][0]["has_thumbnail"] is False

@@ -372,11 +372,18 @@ def public_row(row: dict, language: str = "en") -> dict:
         "latency_ms": float(row["latency_ms"] or 0.0),
         "reference": row.get("patient_id") if state.config.patient_reference else None,
         "has_heatmap": bool(row.get("heatmap_path")),
-        "has_thumbnail": state.store.thumbnail_path(row["image_sha256"]).is_file(),
+        "has_thumbnail": _has_thumbnail(state.store, row["image_sha256"]),
         "thumbnail_url": url_for("api.history_thumbnail", row_id=row_id),
         "report_url": url_for("api.history_report", row_id=row_id),
         "report_pdf_url": url_for("api.history_report_pdf", row_id=row_id),
     }
+
+
+def _has_thumbnail(store, image_sha256: str) -> bool:
+    try:
+        return store.thumbnail_path(image_sha256).is_file()
+    except ValueError:  # a row written by hand or by an old tool without a proper digest
+        return False
 
 
 def history_label_arg() -> str | None:
