@@ -31,6 +31,18 @@ def _font(size: int):
     return ImageFont.load_default(size=size)
 
 
+def film_header(film: Any):
+    """The attributes of a film the result object needs (patient, study, SOP ids), without its pixel data:
+    what the forwarding queue keeps, so that queued results do not hold whole films in memory."""
+    from pydicom.dataset import Dataset
+
+    header = Dataset()
+    for keyword in _COPIED + ("SOPClassUID", "SOPInstanceUID"):
+        if keyword in film:
+            setattr(header, keyword, film.data_element(keyword).value)
+    return header
+
+
 def result_lines(result: Any, title: str | None = None) -> list[str]:
     """The text burned into the result image: plain result, score line, notice."""
     head = plain_result("en", result.label, bool(result.positive))

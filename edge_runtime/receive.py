@@ -63,6 +63,8 @@ SOP_CLASSES = {
 _CHEST_BODY_PARTS = {"", "CHEST", "THORAX", "LUNG", "LUNGS", "TORAX"}
 _LATERAL_VIEWS = {"LL", "RL", "LLD", "RLD", "LATERAL", "LAT"}
 
+#: Results waiting to be forwarded (each holds the decoded film; a PACS that is down drops the excess, logged).
+FORWARD_QUEUE_SIZE = 8
 #: Outcome statuses (as :mod:`edge_runtime.watch`).
 CLASSIFIED, DUPLICATE, REFUSED = "classified", "duplicate", "refused"
 
@@ -246,7 +248,7 @@ class StorageNode:
             raise DicomNodeError(f"cannot listen on {self.host}:{self.port}: {err}") from err
         self.port = int(self._server.server_address[1])
         if self.forward is not None:
-            self._queue = queue.Queue(maxsize=100)
+            self._queue = queue.Queue(maxsize=FORWARD_QUEUE_SIZE)
             self._forwarder = threading.Thread(target=self._forward_loop, name="cxr-edge-forward", daemon=True)
             self._forwarder.start()
         if self.allow is None:
@@ -358,8 +360,10 @@ class StorageNode:
                 return refuse(STATUS_OUT_OF_RESOURCES, "the screening log cannot be written")
         logger.info("screened an instance from %s: row %d, %s", calling_ae or "?", row_id, result.label)
         if self._queue is not None:
+            from .dicom_sc import film_header
+
             try:
-                self._queue.put_nowait((dataset, result))
+                self._queue.put_nowait((film_header(dataset), result))
             except queue.Full:
                 logger.error("forward queue full: the result of row %d is not forwarded", row_id)
         return StoreOutcome(CLASSIFIED, STATUS_SUCCESS, calling_ae, sop_class, result=result, row_id=row_id,
