@@ -340,3 +340,37 @@ def test_serve_lists_only_its_options_and_ctrl_c_exits_130(capsys, env, monkeypa
     monkeypatch.setattr(web, "serve", interrupted)
     code, _, err = run(capsys, "serve", "--port", "0", "--log", env / "s.db")
     assert code == 130 and "interrupted" in err
+
+
+@pytest.mark.parametrize("signal_name, expected", [("SIGINT", 130), ("SIGTERM", 0)])
+def test_serve_process_exit_codes(binary_models, tmp_path, signal_name, expected):
+    """The real server process: Ctrl+C exits 130 as documented, a service manager's SIGTERM exits 0."""
+    pytest.importorskip("edge_runtime.web")
+    import os
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, CXR_MODELS=str(binary_models["dir"]), PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", "serve", "--port", str(port),
+                             "--log", str(tmp_path / "s.db")], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health", timeout=5) as answer:
+                    assert answer.status == 200
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read()
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.3)
+    finally:
+        proc.send_signal(getattr(signal, signal_name))
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == expected, err
