@@ -16,13 +16,15 @@ EXTRAS = {
     "litert": ["ai-edge-litert>=1.2"],
     # Older Raspberry Pi OS images: the last tflite-runtime wheels need numpy < 2.
     "tflite": ["tflite-runtime==2.14.*", "numpy<2"],
-    "dicom": ["pydicom>=2.4"],
-    "web": ["flask>=3.0", "waitress>=3.0"],
+    # pydicom decodes DICOM files; pynetdicom is the storage node of `cxr-edge receive`.
+    "dicom": ["pydicom>=2.4", "pynetdicom>=2.0"],
+    # fpdf2 writes the PDF report with its built-in (offline) fonts.
+    "web": ["flask>=3.0", "waitress>=3.0", "fpdf2>=2.7"],
     "camera": [],  # picamera2 comes from Raspberry Pi OS: sudo apt install python3-picamera2
     "train": ["tensorflow==2.21.*", "scikit-learn>=1.3", "matplotlib>=3.7", "tqdm>=4.60",
               "opencv-python-headless>=4.8"],
     "dev": ["pytest>=8", "playwright>=1.40", "scikit-image>=0.22", "jsonschema>=4",
-            "openapi-spec-validator>=0.7"],
+            "openapi-spec-validator>=0.7", "pypdf>=4"],
 }
 EXTRAS["all"] = sorted({req for name, reqs in EXTRAS.items() if name != "tflite" for req in reqs})
 
@@ -38,6 +40,7 @@ setup(
     packages=["edge_runtime", "edge_runtime.web", "edge_runtime.models"],
     package_dir={"edge_runtime.models": "android_assets"},
     package_data={
+        "edge_runtime": ["locales/*.json"],
         "edge_runtime.models": MODEL_FILES,
         "edge_runtime.web": ["templates/*.html", "static/*", "openapi.json"],
     },

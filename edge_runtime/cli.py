@@ -7,6 +7,7 @@ import datetime
 import json
 import logging
 import os
+import signal
 import statistics
 import sys
 import threading
@@ -57,6 +58,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if value < 0:
@@ -79,25 +87,38 @@ def _size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def _common_options(heatmap_default_help: str = "no heatmaps") -> argparse.ArgumentParser:
+def _common_options(heatmap_default_help: str = "no heatmaps", omit: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The model, log and output options shared by the commands, without those in ``omit``
+    (e.g. ``("heatmap", "alpha", "no-log")`` for a command that does not use them)."""
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("model and output options")
+    add = group.add_argument
+
+    def option(name: str, *flags: str, **kwargs) -> None:
+        if name not in omit:
+            add(*flags, **kwargs)
+
     group.add_argument("--model", default="binary", metavar="NAME|PATH",
                        help="shipped model name: binary, etiology or covid, optionally with a precision "
                             "(binary-fp16, covid-int8); or the path of a .tflite file "
                             "(default: %(default)s, the int8 model with heatmap output)")
-    group.add_argument("--heatmap", type=Path, metavar="DIR",
-                       help=f"write an original | heatmap PNG per image into DIR (default: {heatmap_default_help})")
-    group.add_argument("--alpha", type=_alpha, default=0.4,
-                       help="heatmap opacity in the overlay, 0-1 (default: %(default)s)")
+    option("heatmap", "--heatmap", type=Path, metavar="DIR",
+           help=f"write an original | heatmap PNG per image into DIR (default: {heatmap_default_help})")
+    option("alpha", "--alpha", type=_alpha, default=0.4,
+           help="heatmap opacity in the overlay, 0-1 (default: %(default)s)")
     group.add_argument("--threads", type=_positive_int, default=1, help="interpreter threads (default: %(default)s)")
     group.add_argument("--log", type=Path, metavar="PATH",
                        help="screening log (SQLite) to record every result in "
                             "(default: $CXR_LOG or ~/.local/share/cxr-edge/screenings.db)")
-    group.add_argument("--no-log", action="store_true", help="do not record results in the screening log")
-    group.add_argument("--store-identifiers", action="store_true",
-                       help="keep input file paths in the log (by default a file is logged as 'file' and known by "
-                            "its sha256: scanner file names often carry the patient's name)")
+    option("no-log", "--no-log", action="store_true", help="do not record results in the screening log")
+    option("store-identifiers", "--store-identifiers", action="store_true",
+           help="keep identifiers in the log: input file paths (heatmaps are then named after the input) and "
+                "the patient reference (--ref, the page's reference field, DICOM PatientID/AccessionNumber). "
+                "Off by default: a file is logged as 'file' and known by its sha256, since scanner file names "
+                "often carry the patient's name")
+    option("ref", "--ref", metavar="TEXT",
+           help="patient reference (e.g. the clinic's file number) recorded with these results; needs "
+                "--store-identifiers")
     group.add_argument("--no-quality-gate", action="store_true",
                        help="classify even images that do not look like chest X-rays (not recommended)")
     group.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -132,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("watch", "classify each new file in a scanner folder, once",
             "Watch a folder (e.g. where a scanner or PACS export drops files) and classify every new file "
             "exactly once, also across restarts: files already in the screening log are not classified again. "
-            "Files still being written are left until they stop changing. Stop with Ctrl+C.")
+            "Files still being written are left until they stop changing. Stop with Ctrl+C.",
+            parents=(_common_options(omit=("ref",)),))
     p.add_argument("folder", type=Path, metavar="DIR", help="folder to watch")
     p.add_argument("--processed", type=Path, metavar="DIR", help="move classified files here (default: leave them)")
     p.add_argument("--failed", type=Path, metavar="DIR",
@@ -164,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log", type=Path, metavar="PATH",
                    help="screening log (default: $CXR_LOG or ~/.local/share/cxr-edge/screenings.db)")
     p.add_argument("--limit", type=_positive_int, default=20, help="rows to show (default: %(default)s)")
-    p.add_argument("--label", help="only rows with this label (e.g. PNEUMONIA)")
+    p.add_argument("--offset", type=_non_negative_int, default=0, help="skip this many of the newest rows (paging; default: 0)")
+    p.add_argument("--label", help="only rows with this label, any case (e.g. pneumonia)")
+    p.add_argument("--ref", metavar="TEXT", help="only rows whose patient reference contains TEXT (any case)")
     p.add_argument("--csv", type=Path, metavar="FILE", help="export the whole log (or --label rows) as CSV to FILE; "
                                                              "'-' for stdout")
     p.add_argument("--json", action="store_true", help="print one JSON object per row")
@@ -176,19 +200,44 @@ def build_parser() -> argparse.ArgumentParser:
             "../shared/data/fullres_sample next to this checkout; or --samples DIR, or $CXR_SAMPLES), write "
             "heatmap overlays, and compare the screening decisions with the folder names (NORMAL/PNEUMONIA). "
             "Demo results go to the screening log only when --log names one.",
-            parents=(_common_options("~/.local/share/cxr-edge/demo"),))
+            parents=(_common_options("~/.local/share/cxr-edge/demo", omit=("ref",)),))
     p.add_argument("--samples", type=Path, metavar="DIR", help="folder of sample X-rays in per-class sub-folders")
     p.set_defaults(handler=cmd_demo)
 
     p = add("serve", "serve the clinic web page and JSON API",
             "Serve the web page and JSON API (waitress). Loopback only unless --host and --token are given. "
-            "Every result is recorded in the screening log.")
+            "Every result is recorded in the screening log; with --store-identifiers the page offers a "
+            "patient reference field. Stop with Ctrl+C.",
+            parents=(_common_options(omit=("heatmap", "alpha", "no-log", "ref")),))
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     p.add_argument("--port", type=int, default=8080, help="TCP port (default: %(default)s)")
     p.add_argument("--token", default=os.environ.get("CXR_TOKEN"),
                    help="shared secret required from clients (needed for a non-loopback --host; default: $CXR_TOKEN)")
     p.add_argument("--models", type=Path, metavar="DIR", help="models folder to offer (default: the shipped models)")
     p.set_defaults(handler=cmd_serve)
+
+    p = add("receive", "be a DICOM storage node: X-ray machines send films here",
+            "Listen for DICOM C-STORE from an X-ray machine, digitiser or PACS (a Storage SCP that also answers "
+            "C-ECHO). CR, DX and Secondary Capture instances are classified exactly once (by SOP Instance UID "
+            "and by content, also across restarts), recorded in the screening log and answered with success; "
+            "what cannot be screened (no pixel data, colour, another body part, a lateral view, not a chest "
+            "X-ray, undecodable) is refused with a DICOM failure status and the reason on stderr. One bad "
+            "instance never stops the node. Stop with Ctrl+C.",
+            parents=(_common_options(omit=("no-log", "ref")),))
+    p.add_argument("--host", default="0.0.0.0",
+                   help="address to listen on (default: %(default)s, every interface: modalities are on the network)")
+    p.add_argument("--port", type=int, default=11112, help="TCP port (default: %(default)s)")
+    p.add_argument("--ae-title", default="CXR_EDGE", help="this node's AE title (default: %(default)s)")
+    p.add_argument("--allow", nargs="+", metavar="AE",
+                   help="accept associations only from these calling AE titles (default: any, with a warning)")
+    p.add_argument("--forward", metavar="HOST:PORT:AE",
+                   help="send each result as a DICOM Secondary Capture (heatmap overlay, burned-in result and "
+                        "notice; same study, new series) to this viewer or PACS")
+    p.add_argument("--reference-from", choices=("PatientID", "AccessionNumber"), default="PatientID",
+                   help="DICOM attribute recorded as the patient reference with --store-identifiers "
+                        "(default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per instance")
+    p.set_defaults(handler=cmd_receive)
 
     p = add("models", "list the shipped models", "List the model files found (name, task, precision, size).",
             parents=())
@@ -242,12 +291,24 @@ def open_classifier(args):
 
 
 def open_log(args):
-    """The screening log, or None with ``--no-log``."""
+    """The screening log, or None with ``--no-log``.
+
+    Raises:
+        UsageError: ``--ref`` without ``--store-identifiers`` (the reference would be dropped).
+    """
+    if getattr(args, "ref", None) and not getattr(args, "store_identifiers", False):
+        raise UsageError("--ref needs --store-identifiers: patient references are not stored by default")
     if getattr(args, "no_log", False):
         return None
     from .log import ScreeningLog, default_log_path
 
     return ScreeningLog(args.log or default_log_path(), store_patient_ids=getattr(args, "store_identifiers", False))
+
+
+class UsageError(CxrError):
+    """A combination of options that cannot work (exit code 2)."""
+
+    code = "usage_error"
 
 
 def open_camera(args):
@@ -274,23 +335,33 @@ def _row(result, path: str, heatmap, row_id) -> dict:
     return data
 
 
-_TABLE_HEADER = f"{'label':<12} {'score':>6} {'thresh':>6} {'decision':<41} {'ms':>7}  file"
+_TABLE_HEADER = f"{'label':<12} {'score':>6} {'thresh':>6} {'decision':<41} {'ms':>7}  {'heatmap':<28}  file"
+
+
+def score_meaning(negative_label: str = "NORMAL") -> str:
+    """What the tables' score column means."""
+    return (f"score = 1 - P({negative_label}), 0 to 1; at or above thresh the film is screening positive "
+            "(refer to a clinician). heatmap: the PNG written for that row in the --heatmap folder")
 
 
 def _table_line(row: dict) -> str:
+    heatmap = Path(row["heatmap"]).name if row.get("heatmap") else "-"
     return (f"{row['label']:<12} {row['score']:>6.3f} {row['threshold']:>6.3f} {row['decision']:<41} "
-            f"{row['latency_ms']:>7.1f}  {row['path']}")
+            f"{row['latency_ms']:>7.1f}  {heatmap:<28}  {row['path']}")
 
 
-def _classify_one(classifier, log, source, name: str, heatmap_dir: Path | None, alpha: float):
+def _classify_one(classifier, log, source, name: str, heatmap_dir: Path | None, alpha: float,
+                  reference: str | None = None, identifiers: bool = False):
     """Classify, write the heatmap, record; returns (result, heatmap path, log row id)."""
     from .watch import heatmap_name, save_overlay
 
     result = classifier.classify(source, heatmap=heatmap_dir is not None)
     heatmap = None
     if heatmap_dir is not None:
-        heatmap = save_overlay(result, heatmap_dir / heatmap_name(Path(name).name, result.image_sha256), alpha=alpha)
-    row_id = log.record(result, source=name, heatmap_path=heatmap) if log is not None else None
+        heatmap = save_overlay(result, heatmap_dir / heatmap_name(Path(name).name, result.image_sha256, identifiers),
+                               alpha=alpha)
+    row_id = (log.record(result, source=name, heatmap_path=heatmap, patient_id=reference)
+              if log is not None else None)
     return result, heatmap, row_id
 
 
@@ -334,7 +405,8 @@ def cmd_classify(args) -> int:
                  + ", ".join(p.name for p in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
         for path in files:
             try:
-                result, heatmap, row_id = _classify_one(classifier, log, path, str(path), args.heatmap, args.alpha)
+                result, heatmap, row_id = _classify_one(classifier, log, path, str(path), args.heatmap, args.alpha,
+                                                        args.ref, args.store_identifiers)
             except FATAL_ERRORS:
                 raise
             except Exception as err:  # noqa: BLE001 - one bad file must not stop the batch
@@ -350,8 +422,13 @@ def cmd_classify(args) -> int:
             log.close()
     if not args.json or failed:
         print(f"{ok} classified, {failed} failed", file=sys.stderr, flush=True)
+    if ok and not args.json:
+        _err(score_meaning(classifier.spec.negative_label))
     if ok + failed == 0:
         _err("error: no image files found in " + ", ".join(str(p) for p in args.paths))
+        nested = [p for p in args.paths if p.is_dir() and any(c.is_dir() for c in p.iterdir())]
+        if nested and not args.recursive:
+            _err(f"{nested[0]} holds only sub-folders: add --recursive to classify the images inside them")
         return EXIT_SOME_FAILED
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
@@ -417,7 +494,8 @@ def cmd_camera(args) -> int:
                     name = str(args.save_frames / f"{name}.png")
                     Image.fromarray(frame).save(name)
                 try:
-                    result, heatmap, row_id = _classify_one(classifier, log, frame, name, args.heatmap, args.alpha)
+                    result, heatmap, row_id = _classify_one(classifier, log, frame, name, args.heatmap, args.alpha,
+                                                            args.ref, args.store_identifiers)
                     ok += 1
                     row = _row(result, name, heatmap, row_id)
                     _out(json.dumps(row) if args.json else _table_line(row))
@@ -436,33 +514,60 @@ def cmd_camera(args) -> int:
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
+def _known_labels(log) -> list[str]:
+    """Labels of the shipped models and of the log, for checking ``history --label``."""
+    from .models import list_models
+
+    labels = set(log.labels())
+    try:
+        labels.update(label for model in list_models() for label in model["labels"])
+    except ModelError:  # no models folder: the log's labels only
+        pass
+    return sorted(labels)
+
+
 def cmd_history(args) -> int:
     """``cxr-edge history``: recent rows of the screening log, or all of them as CSV."""
-    from .log import ScreeningLog, default_log_path
+    from .log import ScreeningLog, default_log_path, local_time
+    from .models import model_title
 
     path = args.log or default_log_path()
     if not Path(path).is_file():
         _err(f"no screening log yet at {path}")
         return EXIT_OK
-    with ScreeningLog(path) as log:
+    with ScreeningLog(path, store_patient_ids=True) as log:
+        if args.label is not None:
+            known = _known_labels(log)
+            match = next((k for k in known if k.lower() == args.label.strip().lower()), None)
+            if match is None:
+                _err(f"error: unknown label {args.label!r}; the labels are {', '.join(known) or 'none yet'}")
+                return EXIT_ERROR
+            args.label = match
         if args.csv is not None:
+            # The reference column is exported when the log holds references (they are only written when enabled).
+            log.store_patient_ids = log.has_references()
             if str(args.csv) == "-":
-                count = log.export_csv(sys.stdout, label=args.label)
+                count = log.export_csv(sys.stdout, label=args.label, reference=args.ref)
             else:
-                count = log.export_csv(args.csv, label=args.label)
+                count = log.export_csv(args.csv, label=args.label, reference=args.ref)
                 _err(f"wrote {count} rows to {args.csv}")
             return EXIT_OK
-        rows = log.recent(limit=args.limit, label=args.label)
-        total = log.count(args.label)
+        rows = log.recent(limit=args.limit, label=args.label, offset=args.offset, reference=args.ref)
+        total = log.count(args.label, reference=args.ref)
     if args.json:
         for row in rows:
             _out(json.dumps(row))
         return EXIT_OK
-    _out(f"{'id':>5}  {'time (UTC)':<19}  {'label':<12} {'score':>6} {'decision':<41} source")
+    with_refs = any(row["patient_id"] for row in rows)
+    _out(f"{'id':>5}  {'time (local)':<23}  {'label':<12} {'score':>6} {'decision':<41} {'model':<42} "
+         + ("reference  " if with_refs else "") + "source")
     for row in rows:
-        _out(f"{row['id']:>5}  {row['time'][:19].replace('T', ' '):<19}  {row['label']:<12} {row['score']:>6.3f} "
-             f"{row['decision']:<41} {row['source'] or ''}")
-    _err(f"{len(rows)} of {total} screenings{' labelled ' + args.label if args.label else ''} in {path}")
+        reference = f"{row['patient_id'] or '-':<10} " if with_refs else ""
+        _out(f"{row['id']:>5}  {local_time(row['time']):<23}  {row['label']:<12} {row['score']:>6.3f} "
+             f"{row['decision']:<41} {model_title(row['model_name']):<42} {reference}{row['source'] or ''}")
+    shown = f"{args.offset + 1}-{args.offset + len(rows)}" if rows else "0"
+    _err(f"{shown} of {total} screenings{' labelled ' + args.label if args.label else ''}"
+         f"{' with reference ' + repr(args.ref) if args.ref else ''} in {path}")
     return EXIT_OK
 
 
@@ -507,11 +612,12 @@ def cmd_demo(args) -> int:
     try:
         _out(f"cxr-edge demo: {classifier.spec.name} ({classifier.model_path.name}) on {len(files)} X-rays from "
              f"{samples}")
-        _out(f"{'folder':<10} {'model says':<12} {'score':>6}  {'agrees':<6} {'ms':>7}  file")
+        _out(f"{'folder':<10} {'model says':<12} {'score':>6}  {'agrees':<6} {'ms':>7}  {'heatmap':<28}  file")
         for path in files:
             folder = path.parent.name if path.parent != samples else "?"
             try:
-                result, _, _ = _classify_one(classifier, log, path, str(path), heatmap_dir, args.alpha)
+                result, heatmap, _ = _classify_one(classifier, log, path, str(path), heatmap_dir, args.alpha,
+                                                   None, args.store_identifiers)
             except FATAL_ERRORS:
                 raise
             except Exception as err:  # noqa: BLE001
@@ -530,7 +636,7 @@ def cmd_demo(args) -> int:
                 true_neg += (not truth_positive) and same
                 verdict = "yes" if same else "NO"
             _out(f"{folder:<10} {result.label:<12} {result.score:>6.3f}  {verdict:<6} {result.latency_ms:>7.1f}  "
-                 f"{path.relative_to(samples)}")
+                 f"{Path(heatmap).name if heatmap else '-':<28}  {path.relative_to(samples)}")
     finally:
         classifier.close()
         if log is not None:
@@ -541,6 +647,7 @@ def cmd_demo(args) -> int:
          f"(abnormal found {true_pos}/{positives}, normal cleared {true_neg}/{negatives}); "
          f"{failed} failed; median {median:.0f} ms per image (model loaded in {load_ms:.0f} ms); "
          f"heatmaps in {heatmap_dir}")
+    _out(score_meaning(negative))
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
@@ -560,8 +667,6 @@ def cmd_serve(args) -> int:
     model_path = resolve_model(args.model, models_dir)
     spec = ModelSpec.load(find_spec_for_model(model_path))
     precision = "fp16" if "_fp16" in model_path.name else "int8"
-    if args.no_log:
-        _err("note: the web server always records results; --no-log is ignored")
     # The server's start-up lines (address, authentication, models) are for the operator.
     logging.getLogger("edge_runtime.web").setLevel(logging.INFO)
     if not logging.getLogger().handlers or logging.getLogger().level > logging.INFO:
@@ -572,11 +677,74 @@ def cmd_serve(args) -> int:
     try:
         web.serve(host=args.host, port=args.port, models=str(models_dir), token=args.token,
                   log_path=args.log or default_log_path(), num_threads=args.threads, precision=precision,
-                  default_model=spec.name, quality_gate=not args.no_quality_gate)
+                  default_model=spec.name, quality_gate=not args.no_quality_gate,
+                  patient_reference=args.store_identifiers)
     except (ValueError, OSError) as err:  # unsafe binding without a token, port in use ...
         _err(f"error: {err}")
         return EXIT_ERROR
     return EXIT_OK
+
+
+def cmd_receive(args) -> int:
+    """``cxr-edge receive``: a DICOM storage node (:class:`edge_runtime.receive.StorageNode`) until Ctrl+C."""
+    from .models import model_title
+    from .receive import CLASSIFIED, DUPLICATE, DicomNodeError, ForwardTarget, StorageNode, parse_allow
+
+    try:
+        forward = ForwardTarget.parse(args.forward) if args.forward else None
+    except ValueError as err:
+        _err(f"error: --forward: {err}")
+        return EXIT_ERROR
+    # pynetdicom's own INFO lines name UIDs and AE titles; keep them for --verbose only.
+    logging.getLogger("pynetdicom").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    logging.getLogger("edge_runtime.receive").setLevel(logging.INFO)
+    classifier = open_classifier(args)
+    log = open_log(args)
+    printing = threading.Lock()
+
+    def show(outcome) -> None:
+        with printing:
+            if outcome.status == CLASSIFIED:
+                row = _row(outcome.result, f"dicom from {outcome.calling_ae}", outcome.heatmap_path, outcome.row_id)
+                _out(json.dumps({"status": CLASSIFIED, **row}) if args.json else _table_line(row))
+            elif args.json:
+                _out(json.dumps({"status": outcome.status, "calling_ae": outcome.calling_ae,
+                                 "dicom_status": outcome.dicom_status, "reason": outcome.reason,
+                                 "log_id": outcome.row_id}))
+            elif outcome.status == DUPLICATE:
+                _err(f"an instance from {outcome.calling_ae} was already screened with this model; not again")
+
+    try:
+        node = StorageNode(classifier, log, ae_title=args.ae_title, host=args.host, port=args.port,
+                           allow=parse_allow(args.allow), forward=forward, reference_from=args.reference_from,
+                           heatmap_dir=args.heatmap, alpha=args.alpha,
+                           title=model_title(classifier.spec.name, classifier.spec.task), on_outcome=show)
+        node.start()
+    except DicomNodeError as err:
+        classifier.close()
+        log.close()
+        _err(f"error: {err}")
+        return EXIT_ERROR
+    stopped = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (a service manager stopping the node): a clean stop and exit 0; Ctrl+C: exit 130.
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: stopped.set())
+    try:
+        _err(f"DICOM node {node.ae_title} on {args.host}:{node.port} ({classifier.spec.name}); "
+             f"{'forwarding results to ' + forward.ae_title + ', ' if forward else ''}stop with Ctrl+C")
+        if not args.json:
+            _out(_TABLE_HEADER)
+        while not stopped.wait(0.5):
+            pass
+        _err("stopped")
+        return EXIT_OK
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        node.close()
+        classifier.close()
+        log.close()
 
 
 def cmd_models(args) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import hashlib
 import json
 import logging
 import os
@@ -20,12 +21,17 @@ PathLike = Union[str, os.PathLike]
 
 #: Environment variable naming the log file (used by the CLI).
 LOG_PATH_ENV = "CXR_LOG"
-#: Schema version kept in ``PRAGMA user_version``.
-SCHEMA_VERSION = 1
+#: Schema version kept in ``PRAGMA user_version``. Version 2 added ``instance_sha256``
+#: (older files are migrated in place when opened).
+SCHEMA_VERSION = 2
 
+#: Columns of schema version 1, in table order.
+COLUMNS_V1 = ("id", "time", "source", "image_sha256", "label", "probabilities", "score", "threshold", "decision",
+              "model_name", "model_sha256", "heatmap_path", "latency_ms", "patient_id")
 #: Columns, in table and CSV order.
-COLUMNS = ("id", "time", "source", "image_sha256", "label", "probabilities", "score", "threshold", "decision",
-           "model_name", "model_sha256", "heatmap_path", "latency_ms", "patient_id")
+COLUMNS = COLUMNS_V1 + ("instance_sha256",)
+#: Columns left out of the CSV (``patient_id`` too, unless the log stores patient references).
+_CSV_HIDDEN = ("instance_sha256",)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS screenings (
@@ -42,10 +48,15 @@ CREATE TABLE IF NOT EXISTS screenings (
     model_sha256  TEXT    NOT NULL,
     heatmap_path  TEXT,
     latency_ms    REAL,
-    patient_id    TEXT               -- NULL unless the log was opened with store_patient_ids=True
+    patient_id    TEXT,              -- the patient reference; NULL unless store_patient_ids=True
+    instance_sha256 TEXT             -- sha256 of a DICOM SOP Instance UID (schema 2), else NULL
 );
+"""
+# Indexes, created after any migration (the instance index needs the version-2 column).
+_INDEXES = """
 CREATE INDEX IF NOT EXISTS screenings_seen ON screenings (image_sha256, model_sha256);
 CREATE INDEX IF NOT EXISTS screenings_label ON screenings (label, id);
+CREATE INDEX IF NOT EXISTS screenings_instance ON screenings (instance_sha256, model_sha256);
 """
 
 # Spreadsheet programs run cells starting with these as formulas (CSV injection).
@@ -69,6 +80,29 @@ def default_log_path() -> Path:
         return Path(os.environ[LOG_PATH_ENV]).expanduser()
     base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
     return base / "cxr-edge" / "screenings.db"
+
+
+def instance_key(instance_uid: str) -> str:
+    """How a DICOM SOP Instance UID is kept in the log: its sha256 (the UID itself is an identifier)."""
+    return hashlib.sha256(str(instance_uid).strip().encode("ascii", "replace")).hexdigest()
+
+
+def local_time(value: Any) -> str:
+    """A log time (ISO 8601 UTC, or Unix seconds) in the device's time zone: ``YYYY-MM-DD HH:MM:SS CET``.
+
+    The log keeps UTC; people read the clinic's local time (``TZ`` or the system setting).
+    """
+    if isinstance(value, (int, float)):
+        moment = datetime.datetime.fromtimestamp(float(value), tz=datetime.timezone.utc)
+    else:
+        try:
+            moment = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError:
+            return str(value)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.timezone.utc)
+    local = moment.astimezone()
+    return local.strftime("%Y-%m-%d %H:%M:%S ") + (local.tzname() or local.strftime("%z"))
 
 
 def _utc_now() -> str:
@@ -126,8 +160,15 @@ class ScreeningLog:
                 raise LogError(f"{self.path} has schema version {version}; this cxr-edge reads up to "
                                f"{SCHEMA_VERSION}: upgrade cxr-edge")
             self._conn.executescript(_SCHEMA)
-            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             columns = [row[1] for row in self._conn.execute("PRAGMA table_info(screenings)")]
+            if tuple(columns) == COLUMNS_V1:  # schema 1: add the column in place, rows kept
+                logger.info("%s: migrating the screening log from schema 1 to %d", self.path, SCHEMA_VERSION)
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.execute("ALTER TABLE screenings ADD COLUMN instance_sha256 TEXT")
+                self._conn.execute("COMMIT")
+                columns = [row[1] for row in self._conn.execute("PRAGMA table_info(screenings)")]
+            self._conn.executescript(_INDEXES)
+            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             if tuple(columns) != COLUMNS:
                 raise LogError(f"{self.path}: table 'screenings' has columns {columns}, expected {list(COLUMNS)}")
         except sqlite3.DatabaseError as err:
@@ -139,7 +180,7 @@ class ScreeningLog:
 
     # -- writing ---------------------------------------------------------------------------
     def record(self, result: Any, source: str | None = None, heatmap_path: PathLike | None = None,
-               patient_id: str | None = None) -> int:
+               patient_id: str | None = None, instance_uid: str | None = None) -> int:
         """Append one result; return its row id once the row is committed to disk.
 
         Args:
@@ -147,7 +188,10 @@ class ScreeningLog:
             source: Where the image came from: a file path (kept only with
                 ``store_patient_ids``, else recorded as ``file``), ``camera``, ``web``.
             heatmap_path: The heatmap/overlay file written for it, if any.
-            patient_id: Stored only when the log was opened with ``store_patient_ids=True``.
+            patient_id: The patient reference (a clinic number, a DICOM PatientID or
+                AccessionNumber); stored only when the log was opened with ``store_patient_ids=True``.
+            instance_uid: The DICOM SOP Instance UID the image came in, kept as its sha256 only
+                (see :meth:`seen_instance`).
 
         Returns:
             The new row's id.
@@ -177,7 +221,8 @@ class ScreeningLog:
             str(_field(result, "model_sha256")),
             None if heatmap_path is None else str(heatmap_path),
             None if latency is None else float(latency),
-            None if patient_id is None else str(patient_id),
+            None if patient_id is None or not str(patient_id).strip() else str(patient_id).strip(),
+            None if instance_uid is None else instance_key(instance_uid),
         )
         with self._lock:
             conn = self._connection()
@@ -219,13 +264,32 @@ class ScreeningLog:
             except sqlite3.Error as err:
                 raise LogError(f"could not read the screening log {self.path}: {err}") from err
 
-    def recent(self, limit: int = 50, label: str | None = None) -> list[dict]:
-        """The newest rows first (``probabilities`` decoded), optionally of one label only."""
-        if label is None:
-            rows = self._query("SELECT * FROM screenings ORDER BY id DESC LIMIT ?", (int(limit),))
-        else:
-            rows = self._query("SELECT * FROM screenings WHERE label = ? ORDER BY id DESC LIMIT ?",
-                               (str(label), int(limit)))
+    @staticmethod
+    def _where(label: str | None, reference: str | None) -> tuple[str, tuple]:
+        """WHERE clause of the filters: label case-insensitive, reference a case-insensitive substring."""
+        clauses, params = [], []
+        if label is not None:
+            clauses.append("label = ? COLLATE NOCASE")
+            params.append(str(label))
+        if reference is not None and str(reference).strip():
+            pattern = str(reference).strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            clauses.append("patient_id LIKE ? ESCAPE '\\'")
+            params.append(f"%{pattern}%")
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", tuple(params)
+
+    def recent(self, limit: int = 50, label: str | None = None, *, offset: int = 0,
+               reference: str | None = None) -> list[dict]:
+        """The newest rows first (``probabilities`` decoded).
+
+        Args:
+            limit: Rows to return.
+            label: Only rows of this label (case-insensitive).
+            offset: Skip this many of the newest matching rows (paging).
+            reference: Only rows whose patient reference contains this text (case-insensitive).
+        """
+        where, params = self._where(label, reference)
+        rows = self._query(f"SELECT * FROM screenings{where} ORDER BY id DESC LIMIT ? OFFSET ?",
+                           params + (int(limit), max(0, int(offset))))
         return [self._to_dict(row) for row in rows]
 
     def get(self, row_id: int) -> dict | None:
@@ -233,11 +297,18 @@ class ScreeningLog:
         rows = self._query("SELECT * FROM screenings WHERE id = ?", (int(row_id),))
         return self._to_dict(rows[0]) if rows else None
 
-    def count(self, label: str | None = None) -> int:
-        """Number of rows (of one label)."""
-        if label is None:
-            return int(self._query("SELECT COUNT(*) FROM screenings")[0][0])
-        return int(self._query("SELECT COUNT(*) FROM screenings WHERE label = ?", (str(label),))[0][0])
+    def count(self, label: str | None = None, *, reference: str | None = None) -> int:
+        """Number of rows (of one label, case-insensitive; with a reference containing ``reference``)."""
+        where, params = self._where(label, reference)
+        return int(self._query(f"SELECT COUNT(*) FROM screenings{where}", params)[0][0])
+
+    def has_references(self) -> bool:
+        """True when some row carries a patient reference."""
+        return bool(self._query("SELECT 1 FROM screenings WHERE patient_id IS NOT NULL LIMIT 1"))
+
+    def labels(self) -> list[str]:
+        """The distinct labels in the log, sorted."""
+        return sorted(str(row[0]) for row in self._query("SELECT DISTINCT label FROM screenings"))
 
     def seen(self, image_sha256: str, model_sha256: str) -> bool:
         """True when this image content was already screened with this model file."""
@@ -245,27 +316,32 @@ class ScreeningLog:
                            (str(image_sha256), str(model_sha256)))
         return bool(rows)
 
-    def export_csv(self, path_or_file: PathLike | TextIO, label: str | None = None) -> int:
+    def seen_instance(self, instance_uid: str, model_sha256: str) -> int | None:
+        """The row id of a DICOM instance (by SOP Instance UID) already screened with this model, or None."""
+        rows = self._query("SELECT id FROM screenings WHERE instance_sha256 = ? AND model_sha256 = ? "
+                           "ORDER BY id LIMIT 1", (instance_key(instance_uid), str(model_sha256)))
+        return int(rows[0][0]) if rows else None
+
+    def export_csv(self, path_or_file: PathLike | TextIO, label: str | None = None, *,
+                   reference: str | None = None) -> int:
         """Write the log (oldest first) as CSV with a header row.
 
-        ``probabilities`` is a JSON object; the ``patient_id`` column is included only when
-        the log stores patient ids. Text cells that a spreadsheet would run as a formula are
+        ``probabilities`` is a JSON object; the ``patient_id`` column (the patient reference) is
+        included only when the log stores patient references. Text cells that a spreadsheet would run as a formula are
         prefixed with ``'``.
 
         Args:
             path_or_file: A file path, or an open text stream (e.g. ``io.StringIO``).
-            label: Export only rows with this label.
+            label: Export only rows with this label (case-insensitive).
+            reference: Export only rows whose reference contains this text.
 
         Returns:
             Number of data rows written.
         """
-        columns = COLUMNS if self.store_patient_ids else COLUMNS[:-1]
-        sql = f"SELECT {', '.join(columns)} FROM screenings"
-        params: tuple = ()
-        if label is not None:
-            sql += " WHERE label = ?"
-            params = (str(label),)
-        rows = self._query(sql + " ORDER BY id", params)
+        hidden = _CSV_HIDDEN if self.store_patient_ids else _CSV_HIDDEN + ("patient_id",)
+        columns = tuple(c for c in COLUMNS if c not in hidden)
+        where, params = self._where(label, reference)
+        rows = self._query(f"SELECT {', '.join(columns)} FROM screenings{where} ORDER BY id", params)
 
         def write(stream: TextIO) -> int:
             writer = csv.writer(stream)

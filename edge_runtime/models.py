@@ -19,6 +19,12 @@ DEFAULT_PRECISION = "int8"
 #: The model the command line uses when none is named.
 DEFAULT_MODEL = "binary"
 
+#: What each task's model answers: its title on the page, in reports and in ``history``.
+TASK_TITLES = {
+    "binary": "Pneumonia screening (normal / pneumonia)",
+    "etiology": "Pneumonia type (normal / bacterial / viral)",
+    "covid": "COVID-19 (normal / pneumonia / COVID-19)",
+}
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _FILE_PATTERN = re.compile(r"_(?P<precision>int8|uint8|fp16|fp32|float16|float32|dynamic)(?P<cam>_cam)?\.tflite$")
 _NAME_PATTERN = re.compile(r"^(?P<task>[a-z0-9]+)(?:[-_](?P<precision>int8|uint8|fp16|fp32|float16|float32|dynamic))?"
@@ -161,3 +167,12 @@ def resolve_model(name_or_path: PathLike | None = None, models_dir: PathLike | N
     raise ModelError(f"unknown model {name!r} in {folder}; available: {_describe(models)} "
                      "(or give the path of a .tflite file)")
 
+
+
+def model_title(model_name: str, task: str | None = None) -> str:
+    """The title of a model for people (``Pneumonia screening (...)``), from its task, or from a
+    ``cxr_<task>_<size>`` model name; the name itself when the task is unknown."""
+    if task is None:
+        match = re.match(r"^cxr_([a-z0-9]+)_", str(model_name))
+        task = match.group(1) if match else None
+    return TASK_TITLES.get(task or "", str(model_name))

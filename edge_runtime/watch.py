@@ -93,9 +93,14 @@ def save_overlay(result, path: PathLike, alpha: float = 0.4, max_side: int = OVE
     return path
 
 
-def heatmap_name(source_name: str, image_sha256: str) -> str:
+def heatmap_name(source_name: str, image_sha256: str, identifiers: bool = False) -> str:
     """``<sha256[:16]>.heatmap.png``: named by content only, because the source's file name may
-    carry a patient's name and heatmap paths go into the screening log."""
+    carry a patient's name and heatmap paths go into the screening log. With ``identifiers``
+    (``--store-identifiers``): ``<input stem>-<sha256[:8]>.heatmap.png``, easier to match by eye."""
+    stem = Path(source_name).stem if source_name else ""
+    if identifiers and stem:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:80]
+        return f"{safe}-{image_sha256[:8]}.heatmap.png"
     return f"{image_sha256[:16]}.heatmap.png"
 
 

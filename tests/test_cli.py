@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import subprocess
 import sys
@@ -263,3 +264,113 @@ def test_model_names_resolve(binary_models, monkeypatch, tmp_path):
     monkeypatch.setenv("CXR_MODELS", str(tmp_path / "no such folder"))
     with pytest.raises(ModelError, match="CXR_MODELS"):
         find_models_dir()
+
+
+def test_table_names_each_heatmap_and_says_what_score_means(capsys, env):
+    images = write_images(env / "in", 2)
+    code, out, err = run(capsys, "classify", NO_GATE, "--heatmap", env / "maps", "--no-log", *images)
+    assert code == 0
+    header, *lines = out.strip().splitlines()
+    assert "heatmap" in header and len(lines) == 2
+    written = sorted(p.name for p in (env / "maps").iterdir())
+    assert sorted(line.split()[-3] for line in lines) == written  # "... ms  <heatmap>  img N.png"
+    assert "score = 1 - P(NORMAL)" in err and "thresh" in err
+    # With identifiers, heatmaps are named after the input's stem plus a short hash.
+    code, out, _ = run(capsys, "classify", NO_GATE, "--heatmap", env / "named", "--no-log", "--store-identifiers",
+                       images[0])
+    (named,) = (env / "named").iterdir()
+    assert code == 0 and named.name.startswith("img_0-") and named.name.endswith(".heatmap.png")
+
+
+def test_reference_needs_store_identifiers_and_is_searchable(capsys, env):
+    images = write_images(env / "in", 2)
+    log_path = env / "refs.db"
+    code, _, err = run(capsys, "classify", NO_GATE, "--log", log_path, "--ref", "CLINIC-42", images[0])
+    assert code == 2 and "--store-identifiers" in err
+    assert run(capsys, "classify", NO_GATE, "--log", log_path, "--store-identifiers", "--ref", "CLINIC-42",
+               images[0])[0] == 0
+    assert run(capsys, "classify", NO_GATE, "--log", log_path, images[1])[0] == 0
+    code, out, err = run(capsys, "history", "--log", log_path, "--ref", "clinic-4")
+    assert code == 0 and "CLINIC-42" in out and len(out.strip().splitlines()) == 2 and "1-1 of 1" in err
+    code, out, _ = run(capsys, "history", "--log", log_path, "--csv", "-")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [r["patient_id"] for r in rows] == ["CLINIC-42", ""]
+
+
+def test_history_label_any_case_unknown_label_model_title_and_local_time(capsys, env, monkeypatch):
+    log_path = env / "h.db"
+    run(capsys, "classify", NO_GATE, "--log", log_path, *write_images(env / "in", 3))
+    with ScreeningLog(log_path) as log:
+        label = log.recent(1)[0]["label"]
+        expected = log.count(label)
+    code, out, _ = run(capsys, "history", "--log", log_path, "--label", label.lower(), "--json")
+    assert code == 0 and len(out.strip().splitlines()) == expected
+    code, _, err = run(capsys, "history", "--log", log_path, "--label", "PNEUMONYA")
+    assert code == 2 and "unknown label 'PNEUMONYA'" in err and "NORMAL" in err
+    monkeypatch.setenv("TZ", "Africa/Nairobi")  # UTC+3, no daylight saving
+    import time as time_module
+
+    time_module.tzset()
+    try:
+        code, out, _ = run(capsys, "history", "--log", log_path, "--limit", "1", "--offset", "1")
+    finally:
+        monkeypatch.delenv("TZ")
+        time_module.tzset()
+    header, line = out.strip().splitlines()
+    assert "time (local)" in header and "model" in header
+    assert "EAT" in line and "Pneumonia screening" in line
+
+
+def test_a_folder_of_folders_suggests_recursive(capsys, env):
+    write_images(env / "root" / "NORMAL", 1)
+    code, _, err = run(capsys, "classify", NO_GATE, "--no-log", env / "root")
+    assert code == 1 and "--recursive" in err
+    assert run(capsys, "classify", NO_GATE, "--no-log", "--recursive", env / "root")[0] == 0
+
+
+def test_serve_lists_only_its_options_and_ctrl_c_exits_130(capsys, env, monkeypatch):
+    web = pytest.importorskip("edge_runtime.web")
+    code, out, _ = run(capsys, "serve", "--help")
+    assert code == 0 and "--store-identifiers" in out
+    assert not any(flag in out for flag in ("--heatmap", "--alpha", "--no-log", "--ref "))
+
+    def interrupted(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(web, "serve", interrupted)
+    code, _, err = run(capsys, "serve", "--port", "0", "--log", env / "s.db")
+    assert code == 130 and "interrupted" in err
+
+
+@pytest.mark.parametrize("signal_name, expected", [("SIGINT", 130), ("SIGTERM", 0)])
+def test_serve_process_exit_codes(binary_models, tmp_path, signal_name, expected):
+    """The real server process: Ctrl+C exits 130 as documented, a service manager's SIGTERM exits 0."""
+    pytest.importorskip("edge_runtime.web")
+    import os
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, CXR_MODELS=str(binary_models["dir"]), PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", "serve", "--port", str(port),
+                             "--log", str(tmp_path / "s.db")], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health", timeout=5) as answer:
+                    assert answer.status == 200
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read()
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.3)
+    finally:
+        proc.send_signal(getattr(signal, signal_name))
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == expected, err

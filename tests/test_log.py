@@ -194,3 +194,55 @@ def test_kill_9_loses_no_acknowledged_row(tmp_path):
             assert row["source"] == f"file-{i}" and row["image_sha256"] == f"{i:064x}"
             assert row["score"] == pytest.approx((i % 100) / 100)
             assert row["probabilities"]["PNEUMONIA"] == pytest.approx((i % 100) / 100)
+
+
+def test_paging_case_insensitive_label_and_reference_search(tmp_path):
+    with ScreeningLog(tmp_path / "refs.db", store_patient_ids=True) as log:
+        ids = [log.record(make_result(image_sha256=f"{i:064x}", label="NORMAL" if i % 2 else "PNEUMONIA"),
+                          source="web", patient_id=f"CLINIC-{i:03d}" if i < 60 else None) for i in range(120)]
+        assert [r["id"] for r in log.recent(limit=50, offset=50)] == ids[::-1][50:100]
+        assert [r["id"] for r in log.recent(limit=50, offset=100)] == ids[::-1][100:]
+        assert log.count("normal") == 60 and {r["label"] for r in log.recent(label="pneumonia")} == {"PNEUMONIA"}
+        assert log.labels() == ["NORMAL", "PNEUMONIA"]
+        assert [r["patient_id"] for r in log.recent(reference="clinic-007")] == ["CLINIC-007"]
+        assert log.count(reference="CLINIC-00") == 10 and log.count(reference="%") == 0
+        buffer = io.StringIO()
+        assert log.export_csv(buffer, label="normal", reference="clinic-01") == 5
+        assert "instance_sha256" not in buffer.getvalue().splitlines()[0]
+
+
+def test_dicom_instances_are_known_by_the_hash_of_their_uid(log):
+    uid = "1.2.826.0.1.3680043.8.498.1234"
+    assert log.seen_instance(uid, "cd" * 32) is None
+    row_id = log.record(make_result(), source="dicom", instance_uid=uid)
+    assert log.seen_instance(uid, "cd" * 32) == row_id
+    assert log.seen_instance(uid, "ef" * 32) is None
+    stored = log.get(row_id)["instance_sha256"]
+    assert len(stored) == 64 and uid not in json.dumps(log.get(row_id))
+
+
+def test_a_schema_1_log_is_migrated_in_place(tmp_path):
+    """A log written by the previous release (schema 1, no instance column) opens, keeps its rows, and takes new ones."""
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE screenings (id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, source TEXT,
+            image_sha256 TEXT NOT NULL, label TEXT NOT NULL, probabilities TEXT NOT NULL, score REAL NOT NULL,
+            threshold REAL NOT NULL, decision TEXT NOT NULL, model_name TEXT NOT NULL, model_sha256 TEXT NOT NULL,
+            heatmap_path TEXT, latency_ms REAL, patient_id TEXT);
+        CREATE INDEX screenings_seen ON screenings (image_sha256, model_sha256);
+        CREATE INDEX screenings_label ON screenings (label, id);
+        INSERT INTO screenings (time, source, image_sha256, label, probabilities, score, threshold, decision,
+            model_name, model_sha256, heatmap_path, latency_ms, patient_id)
+        VALUES ('2026-01-02T03:04:05.000+00:00', 'web', 'aa', 'NORMAL', '{"NORMAL": 0.9, "PNEUMONIA": 0.1}', 0.1,
+            0.5, 'screening negative', 'cxr_binary_160', 'cd', NULL, 9.5, NULL);
+        PRAGMA user_version=1;
+    """)
+    conn.close()
+    with ScreeningLog(path) as log:
+        assert log.count() == 1 and log.get(1)["label"] == "NORMAL" and log.get(1)["instance_sha256"] is None
+        row_id = log.record(make_result(), source="dicom", instance_uid="1.2.3")
+        assert log.seen_instance("1.2.3", "cd" * 32) == row_id
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    conn.close()

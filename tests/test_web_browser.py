@@ -126,6 +126,8 @@ def test_screen_a_real_xray_see_heatmap_and_download(desktop, server, tmp_path):
     expect(page.locator("#result-decision")).to_have_text(decision)
     expect(page.locator("#result-threshold")).to_contain_text("threshold")
     expect(page.locator("#probabilities .prob")).to_have_count(len(labels))
+    if page.locator("#show-heatmap").is_visible():  # a negative result: its heatmap only on request
+        page.click("#show-heatmap")
     expect(page.locator("#image-heatmap")).to_be_visible()
     assert _loaded(page, "#image-heatmap") and _loaded(page, "#image-original")
     expect(page.locator("#result-latency")).to_have_text(re.compile(r"^\d+ ms$"))
@@ -209,7 +211,7 @@ def test_history_page_thumbnails_filter_and_csv(desktop, server):
 
     page = desktop.page
     _screen(page, server.url, sorted((XRAY_DIR / "NORMAL").glob("*.jpeg"))[1])
-    label = page.locator("#result-label").inner_text()
+    label = page.locator("#result-label").text_content()  # inside the closed details
     page.click("nav >> text=History")
     expect(page.locator(".history-item").first).to_be_visible()
     page.wait_for_load_state("networkidle")
@@ -218,7 +220,7 @@ def test_history_page_thumbnails_filter_and_csv(desktop, server):
     page.select_option("#label", label)
     page.click("form.filter button")
     expect(page).to_have_url(re.compile(r"label=" + label))
-    labels = page.locator(".history-item .label").all_inner_texts()
+    labels = page.locator(".history-item .label-name").all_inner_texts()
     assert labels and set(labels) == {label}
     with page.expect_download() as info:
         page.click("#export-csv")

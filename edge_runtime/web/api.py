@@ -24,8 +24,12 @@ from ..errors import (
     RuntimeUnavailableError,
     UnsupportedFormatError,
 )
+from ..i18n import plain_result, population_text, task_title, translator
 from ..imaging import is_dicom
+from ..log import local_time
+from ..models import model_title
 from .app import ApiError, get_state
+from .language import request_language
 from .models import UnknownModelError
 from .report import NOTICE, render_report
 from .store import PREVIEW_SIDE, encode_jpeg
@@ -36,6 +40,8 @@ api = Blueprint("api", __name__, url_prefix="/api/v1")
 
 _OPENAPI = Path(__file__).resolve().parent / "openapi.json"
 _LABEL = re.compile(r"^[A-Za-z0-9_ .+-]{1,64}$")
+#: A patient reference: what a clinic writes on a file (letters of any script, digits, a few signs).
+_REFERENCE = re.compile(r"^[\w .,:;/#()+-]{1,64}$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 #: Largest number of rows one history request returns.
@@ -92,13 +98,27 @@ def classify() -> Response:
     if upload is None:
         raise ApiError(400, "missing_file", "send the image as a multipart/form-data field named 'file'")
     options = _classify_options()
+    reference = _reference_field()
     data = upload.stream.read()
     if not data:
         raise ApiError(400, "empty_file", "the uploaded file is empty")
     if sniff_format(data) is None:
         raise ApiError(415, "unsupported_format",
                        "only JPEG, PNG and DICOM images are accepted, and this file's content is none of them")
-    return _classify_and_answer(data, "web", *options)
+    return _classify_and_answer(data, "web", *options, reference=reference)
+
+
+def _reference_field() -> str | None:
+    """The ``reference`` form field (validated); ``None`` when empty or when references are off."""
+    raw = (request.form.get("reference") or "").strip()
+    if not raw:
+        return None
+    if not get_state().config.patient_reference:
+        raise ApiError(400, "references_disabled", "this server does not store patient references; start it "
+                                                   "with --store-identifiers to enable them")
+    if not _REFERENCE.match(raw):
+        raise ApiError(400, "invalid_parameter", "reference must be 1-64 letters, digits, spaces or . , : ; / # ( ) + -")
+    return raw
 
 
 @api.post("/camera/classify")
@@ -108,12 +128,13 @@ def camera_classify() -> Response:
     if state.camera is None:
         raise ApiError(404, "camera_unavailable", "this device has no camera")
     options = _classify_options()
+    reference = _reference_field()
     try:
         frame = state.camera()
     except CameraError as err:
         logger.error("camera failed: %s", err)
         raise ApiError(503, err.code, "the camera did not deliver a frame; see the server log") from None
-    return _classify_and_answer(frame, "camera", *options)
+    return _classify_and_answer(frame, "camera", *options, reference=reference)
 
 
 def _classify_options():
@@ -127,7 +148,8 @@ def _classify_options():
     return entry, want_heatmap, want_preview
 
 
-def _classify_and_answer(source, origin: str, entry, want_heatmap: bool, want_preview: bool) -> Response:
+def _classify_and_answer(source, origin: str, entry, want_heatmap: bool, want_preview: bool,
+                         reference: str | None = None) -> Response:
     state = get_state()
     classifier = state.registry.classifier(entry.name)
     has_heatmap = bool(getattr(classifier, "has_heatmap", False))
@@ -149,7 +171,8 @@ def _classify_and_answer(source, origin: str, entry, want_heatmap: bool, want_pr
     warnings: list[str] = []
     if want_heatmap and not has_heatmap:
         warnings.append(f"model file {entry.model_path.name} has no feature-map output: no heatmap")
-    row_id = _record(state, result, origin, warnings)
+    row_id = _record(state, result, origin, warnings, reference)
+    language = request_language()
     preview = None
     if want_preview or (want_heatmap and result.heatmap is not None):
         preview = fit_within(result.image, PREVIEW_SIDE)
@@ -161,17 +184,23 @@ def _classify_and_answer(source, origin: str, entry, want_heatmap: bool, want_pr
         "score": round(float(result.score), 6),
         "threshold": float(result.threshold),
         "threshold_rule": _threshold_rule(entry.spec.negative_label, float(result.threshold)),
+        "plain": plain_result(language, result.label, bool(result.positive)),
+        "population": population_text(entry.spec, entry.spec_path, language),
+        "reference": reference,
         "probabilities": {k: round(float(v), 6) for k, v in result.probabilities.items()},
         "latency_ms": round(float(result.latency_ms), 3),
         "timings_ms": {k: round(float(v), 3) for k, v in (result.timings_ms or {}).items()},
         "image_sha256": result.image_sha256,
         "model_name": result.model_name,
         "model_sha256": result.model_sha256,
-        "model": {"name": entry.name, "title": entry.title, "task": entry.spec.task,
-                  "file": entry.model_path.name, "runtime": getattr(classifier, "runtime", None)},
+        "model": {"name": entry.name, "title": task_title(language, entry.spec.task, entry.title),
+                  "task": entry.spec.task,
+                  "negative_label": entry.spec.negative_label, "file": entry.model_path.name,
+                  "runtime": getattr(classifier, "runtime", None)},
         "heatmap": None,
         "preview": None,
         "report_url": url_for("api.history_report", row_id=row_id) if row_id is not None else None,
+        "report_pdf_url": url_for("api.history_report_pdf", row_id=row_id) if row_id is not None else None,
         "warnings": warnings,
         "notice": NOTICE,
     }
@@ -199,12 +228,13 @@ def _jsonable(details: dict) -> dict:
     return out
 
 
-def _record(state, result, origin: str, warnings: list[str]) -> int | None:
+def _record(state, result, origin: str, warnings: list[str], reference: str | None = None) -> int | None:
     """Keep the images and the log row; on failure the result is still returned, with a warning."""
     try:
         heatmap_path = state.store.save(result.image_sha256, result.image, result.model_sha256, result.heatmap)
         return int(state.log.record(result, source=origin,
-                                    heatmap_path=str(heatmap_path) if heatmap_path else None))
+                                    heatmap_path=str(heatmap_path) if heatmap_path else None,
+                                    patient_id=reference))
     except Exception as err:  # noqa: BLE001 - a full disk must not hide the result from the clinician
         logger.error("could not write the screening log: %s", err)
         warnings.append("this result could not be saved to the screening log; see the server log")
@@ -294,6 +324,7 @@ def models() -> Response:
             "negative_label": spec.negative_label,
             "threshold": float(spec.threshold),
             "threshold_rule": _threshold_rule(spec.negative_label, float(spec.threshold)),
+            "population": population_text(spec, entry.spec_path, request_language()),
             "input_size": [spec.input_height, spec.input_width],
             "file": entry.model_path.name,
             "sha256": entry.file_sha256,
@@ -304,35 +335,91 @@ def models() -> Response:
     return jsonify({"default": registry.default_name, "models": items})
 
 
-def public_row(row: dict) -> dict:
-    """A log row as the API shows it: no file paths, no source, no patient id."""
+def row_model(row: dict, language: str) -> tuple[Any, str, str, str]:
+    """(model entry or None, title, validated population, negative label) of a log row's model."""
+    entry = get_state().registry.entries.get(row["model_name"])
+    if entry is not None:
+        return (entry, task_title(language, entry.spec.task, entry.title),
+                population_text(entry.spec, entry.spec_path, language), entry.spec.negative_label)
+    match = re.match(r"^cxr_([a-z0-9]+)_", str(row["model_name"]))
+    task = type("Unknown", (), {"task": match.group(1) if match else ""})()
+    return (None, task_title(language, task.task, model_title(row["model_name"])),
+            population_text(task, None, language), "NORMAL")
+
+
+def public_row(row: dict, language: str = "en") -> dict:
+    """A log row as the API shows it: no file paths, no source; the patient reference only when
+    this server keeps references."""
+    state = get_state()
     row_id = int(row["id"])
+    positive = str(row["decision"]).startswith("screening positive")
+    _, title, _, _ = row_model(row, language)
     return {
         "id": row_id,
         "time": str(row["time"]),
+        "time_local": local_time(row["time"]),
         "label": row["label"],
+        "plain": plain_result(language, row["label"], positive),
+        "positive": positive,
         "probabilities": {k: float(v) for k, v in (row.get("probabilities") or {}).items()},
         "score": float(row["score"]),
         "threshold": float(row["threshold"]),
         "decision": row["decision"],
         "model_name": row["model_name"],
+        "model_title": title,
         "model_sha256": row["model_sha256"],
         "image_sha256": row["image_sha256"],
-        "latency_ms": float(row["latency_ms"]),
+        "latency_ms": float(row["latency_ms"] or 0.0),
+        "reference": row.get("patient_id") if state.config.patient_reference else None,
         "has_heatmap": bool(row.get("heatmap_path")),
+        "has_thumbnail": _has_thumbnail(state.store, row["image_sha256"]),
         "thumbnail_url": url_for("api.history_thumbnail", row_id=row_id),
         "report_url": url_for("api.history_report", row_id=row_id),
+        "report_pdf_url": url_for("api.history_report_pdf", row_id=row_id),
     }
 
 
+def _has_thumbnail(store, image_sha256: str) -> bool:
+    try:
+        return store.thumbnail_path(image_sha256).is_file()
+    except ValueError:  # a row written by hand or by an old tool without a proper digest
+        return False
+
+
 def history_label_arg() -> str | None:
-    """The ``label`` filter of a history request (validated), or ``None``."""
+    """The ``label`` filter of a history request (validated, any case), or ``None``."""
     label = (request.args.get("label") or "").strip()
     if not label:
         return None
     if not _LABEL.match(label):
         raise ApiError(400, "invalid_parameter", "label must be 1-64 letters, digits, spaces or _ . + -")
     return label
+
+
+def history_reference_arg() -> str | None:
+    """The ``reference`` search of a history request (validated), or ``None``; refused when references are off."""
+    reference = (request.args.get("reference") or "").strip()
+    if not reference:
+        return None
+    if not get_state().config.patient_reference:
+        raise ApiError(400, "references_disabled", "this server does not store patient references")
+    if not _REFERENCE.match(reference):
+        raise ApiError(400, "invalid_parameter", "reference must be 1-64 letters, digits, spaces or . , : ; / # ( ) + -")
+    return reference
+
+
+def offset_arg() -> int:
+    """The ``offset`` of a history request (rows skipped, newest first)."""
+    raw = request.args.get("offset")
+    if raw is None or raw == "":
+        return 0
+    try:
+        offset = int(raw)
+    except ValueError:
+        raise ApiError(400, "invalid_parameter", "offset must be an integer") from None
+    if offset < 0:
+        raise ApiError(400, "invalid_parameter", "offset must be at least 0")
+    return offset
 
 
 def _limit_arg(default: int) -> int:
@@ -350,11 +437,15 @@ def _limit_arg(default: int) -> int:
 
 @api.get("/history")
 def history() -> Response:
-    """Recent screenings from the log, newest first."""
+    """Screenings from the log, newest first, a page at a time."""
     state = get_state()
-    label = history_label_arg()
-    rows = state.log.recent(limit=_limit_arg(state.config.history_limit), label=label)
-    return jsonify({"items": [public_row(row) for row in rows], "label": label, "total": int(state.log.count())})
+    label, reference = history_label_arg(), history_reference_arg()
+    limit, offset = _limit_arg(state.config.history_limit), offset_arg()
+    rows = state.log.recent(limit=limit, label=label, offset=offset, reference=reference)
+    language = request_language()
+    return jsonify({"items": [public_row(row, language) for row in rows], "label": label, "reference": reference,
+                    "offset": offset, "limit": limit, "matching": int(state.log.count(label, reference=reference)),
+                    "total": int(state.log.count())})
 
 
 def _row_or_404(row_id: int) -> dict:
@@ -367,7 +458,7 @@ def _row_or_404(row_id: int) -> dict:
 @api.get("/history/<int:row_id>")
 def history_item(row_id: int) -> Response:
     """One screening from the log."""
-    return jsonify(public_row(_row_or_404(row_id)))
+    return jsonify(public_row(_row_or_404(row_id), request_language()))
 
 
 @api.get("/history/<int:row_id>/thumbnail.jpg")
@@ -380,31 +471,59 @@ def history_thumbnail(row_id: int) -> Response:
     return send_file(path, mimetype="image/jpeg", max_age=0)
 
 
+def _report_parts(row_id: int) -> dict:
+    """What both reports show: the row, its images, the wording in the request's language."""
+    state = get_state()
+    row = _row_or_404(row_id)
+    language = request_language()
+    positive = str(row["decision"]).startswith("screening positive")
+    # A negative result's heatmap reads like a finding: it is printed only when asked for.
+    show_heatmap = positive or _flag("heatmap")
+    preview = state.store.load_preview(row["image_sha256"])
+    heatmap = None
+    if row.get("heatmap_path") and show_heatmap:
+        heatmap = state.store.load_heatmap(row["image_sha256"], row["model_sha256"])
+    _, title, population, negative_label = row_model(row, language)
+    return {"row": row, "preview": preview, "heatmap": heatmap, "language": language, "title": title,
+            "population": population, "negative_label": negative_label,
+            "plain": plain_result(language, row["label"], positive),
+            "reference": row.get("patient_id") if state.config.patient_reference else None}
+
+
 @api.get("/history/<int:row_id>/report.png")
 def history_report(row_id: int) -> Response:
     """The one-page result (image, heatmap, probabilities, model, time) as a PNG download."""
-    state = get_state()
-    row = _row_or_404(row_id)
-    preview = state.store.load_preview(row["image_sha256"])
-    heatmap = None
-    if row.get("heatmap_path"):
-        heatmap = state.store.load_heatmap(row["image_sha256"], row["model_sha256"])
-    entry = state.registry.entries.get(row["model_name"])
-    png = render_report(row, preview, heatmap,
-                        negative_label=entry.spec.negative_label if entry else "NORMAL",
-                        title=entry.title if entry else None,
-                        runtime_version=_versions().get("edge_runtime") or "")
+    parts = _report_parts(row_id)
+    png = render_report(parts["row"], parts["preview"], parts["heatmap"], negative_label=parts["negative_label"],
+                        title=parts["title"], runtime_version=_versions().get("edge_runtime") or "",
+                        t=translator(parts["language"]), plain=parts["plain"], population=parts["population"],
+                        reference=parts["reference"])
     return send_file(io.BytesIO(png), mimetype="image/png", as_attachment=True,
                      download_name=f"cxr-screening-{row_id}.png", max_age=0)
+
+
+@api.get("/history/<int:row_id>/report.pdf")
+def history_report_pdf(row_id: int) -> Response:
+    """The one-page result as a PDF: plain result, reference, image, population, model hash, notice."""
+    from .pdf import render_pdf
+
+    parts = _report_parts(row_id)
+    pdf = render_pdf(parts["row"], parts["preview"], parts["heatmap"], t=translator(parts["language"]),
+                     plain=parts["plain"], population=parts["population"], title=parts["title"],
+                     reference=parts["reference"], negative_label=parts["negative_label"],
+                     runtime_version=_versions().get("edge_runtime") or "",
+                     time_text=local_time(parts["row"]["time"]))
+    return send_file(io.BytesIO(pdf), mimetype="application/pdf", as_attachment=True,
+                     download_name=f"cxr-screening-{row_id}.pdf", max_age=0)
 
 
 @api.get("/history/export.csv")
 def history_csv() -> Response:
     """The screening log as CSV (optionally one label only)."""
     state = get_state()
-    label = history_label_arg()
+    label, reference = history_label_arg(), history_reference_arg()
     buffer = io.StringIO()
-    state.log.export_csv(buffer, label=label)
+    state.log.export_csv(buffer, label=label, reference=reference)
     name = f"cxr-screenings-{label}.csv" if label else "cxr-screenings.csv"
     return send_file(io.BytesIO(buffer.getvalue().encode("utf-8")), mimetype="text/csv",
                      as_attachment=True, download_name=name.replace(" ", "_"), max_age=0)

@@ -134,10 +134,10 @@ def _default_classifier_factory(config: WebConfig):
     return make
 
 
-def _open_log(path: Path):
+def _open_log(path: Path, patient_reference: bool = False):
     from ..log import ScreeningLog
 
-    return ScreeningLog(path)
+    return ScreeningLog(path, store_patient_ids=patient_reference)
 
 
 def create_app(config: WebConfig | Mapping[str, Any] | None = None) -> Flask:
@@ -165,7 +165,7 @@ def create_app(config: WebConfig | Mapping[str, Any] | None = None) -> Flask:
     log_path = config.resolved_log_path()
     source = detect_camera() if config.camera == "auto" else config.camera
     camera = FrameTaker(source) if source is not None else None
-    state = WebState(config=config, registry=registry, log=_open_log(log_path),
+    state = WebState(config=config, registry=registry, log=_open_log(log_path, config.patient_reference),
                      store=ImageStore(images_dir_for(log_path)), camera=camera)
 
     app = Flask(__name__, static_folder=str(_HERE / "static"), template_folder=str(_HERE / "templates"))

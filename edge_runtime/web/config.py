@@ -57,6 +57,8 @@ class WebConfig:
         history_limit: Rows shown by the history page.
         camera: ``"auto"`` (the Pi camera when picamera2 reports one), ``None`` (no camera), or
             an :class:`edge_runtime.camera.FrameSource` (opened for each frame, then released).
+        patient_reference: Offer a patient reference field on the page, keep it in the log,
+            show it in the history and on reports, and make it searchable (off by default).
         classifier_factory: ``f(entry: ModelEntry) -> classifier``; by default the runtime's
             :class:`~edge_runtime.classifier.Classifier` with the settings above (tests may pass
             a stand-in).
@@ -74,6 +76,7 @@ class WebConfig:
     verify_sha256: bool = True
     history_limit: int = 50
     camera: Any = "auto"
+    patient_reference: bool = False
     classifier_factory: Callable[..., Any] | None = None
 
     def __post_init__(self):

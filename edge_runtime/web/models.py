@@ -9,17 +9,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ..errors import ModelError
-from ..models import list_models
+from ..models import TASK_TITLES, list_models
 from ..spec import SPEC_SUFFIX, ModelSpec, find_spec_for_model
 
 logger = logging.getLogger(__name__)
 
-#: What each task's model answers, as shown in the model menu.
-TASK_TITLES = {
-    "binary": "Pneumonia screening (normal / pneumonia)",
-    "etiology": "Pneumonia type (normal / bacterial / viral)",
-    "covid": "COVID-19 (normal / pneumonia / COVID-19)",
-}
 #: Menu order: the plain screening model first.
 _TASK_ORDER = {"binary": 0, "etiology": 1, "covid": 2}
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import io
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..cam import overlay_heatmap
+from ..i18n import translator
+from ..log import local_time
 
 #: Shown on every page and every report.
 NOTICE = ("Not a medical device. Research and screening support only: a qualified clinician must "
@@ -46,17 +47,8 @@ def _font(size: int, bold: bool = False) -> ImageFont.ImageFont:
 
 
 def format_time(value: Any) -> str:
-    """A log time (ISO string or Unix seconds) as ``YYYY-MM-DD HH:MM:SS UTC``."""
-    if isinstance(value, (int, float)):
-        moment = _dt.datetime.fromtimestamp(float(value), tz=_dt.timezone.utc)
-    else:
-        try:
-            moment = _dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-        except ValueError:
-            return str(value)
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=_dt.timezone.utc)
-    return moment.astimezone(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    """A log time (ISO string or Unix seconds) in the device's time zone (see :func:`edge_runtime.log.local_time`)."""
+    return local_time(value)
 
 
 def _fit(image: np.ndarray, side: int) -> np.ndarray:
@@ -83,7 +75,8 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
 
 def render_report(row: Mapping[str, Any], preview: np.ndarray | None, heatmap: np.ndarray | None,
                   *, negative_label: str = "NORMAL", title: str | None = None,
-                  runtime_version: str = "") -> bytes:
+                  runtime_version: str = "", t: Callable[..., str] | None = None, plain: str | None = None,
+                  population: str | None = None, reference: str | None = None) -> bytes:
     """Draw the one-page result as PNG.
 
     Args:
@@ -94,6 +87,10 @@ def render_report(row: Mapping[str, Any], preview: np.ndarray | None, heatmap: n
         negative_label: The model's "no finding" label (for the threshold sentence).
         title: Human name of the model's task.
         runtime_version: Printed in the footer.
+        t: Translator of the report's language (default English).
+        plain: The result in plain words, printed first.
+        population: Which population the model was validated on.
+        reference: The patient reference, printed when given.
 
     Returns:
         PNG bytes of a 1240 x 1754 page (A4 at 150 dpi).
@@ -103,10 +100,13 @@ def render_report(row: Mapping[str, Any], preview: np.ndarray | None, heatmap: n
     width = _PAGE[0] - 2 * _MARGIN
     y = _MARGIN
 
-    draw.text((_MARGIN, y), "Chest X-ray screening result", font=_font(44, bold=True), fill=_INK)
-    y += 64
+    t = t or translator("en")
+    for line in _wrap(draw, t("report.title"), _font(44, bold=True), width):
+        draw.text((_MARGIN, y), line, font=_font(44, bold=True), fill=_INK)
+        y += 56
+    y += 8
     notice_font = _font(24, bold=True)
-    lines = _wrap(draw, NOTICE, notice_font, width - 40)
+    lines = _wrap(draw, t("notice"), notice_font, width - 40)
     box_height = 24 + 32 * len(lines)
     draw.rectangle((_MARGIN, y, _MARGIN + width, y + box_height), fill=_NOTICE_BG, outline=_NOTICE_INK, width=2)
     for index, line in enumerate(lines):
@@ -115,14 +115,20 @@ def render_report(row: Mapping[str, Any], preview: np.ndarray | None, heatmap: n
 
     positive = str(row.get("decision", "")).startswith("screening positive")
     colour = _POSITIVE if positive else _NEGATIVE
-    draw.text((_MARGIN, y), str(row.get("label", "?")), font=_font(56, bold=True), fill=colour)
-    y += 72
-    draw.text((_MARGIN, y), str(row.get("decision", "")), font=_font(32, bold=True), fill=colour)
-    y += 50
+    if plain:
+        for line in _wrap(draw, plain, _font(44, bold=True), width):
+            draw.text((_MARGIN, y), line, font=_font(44, bold=True), fill=colour)
+            y += 58
+    if reference:
+        draw.text((_MARGIN, y), f"{t('result.reference')}: {reference}", font=_font(30, bold=True), fill=_INK)
+        y += 44
+    draw.text((_MARGIN, y), f"{row.get('label', '?')} - {row.get('decision', '')}", font=_font(28, bold=True),
+              fill=colour)
+    y += 44
     score, threshold = float(row.get("score", 0.0)), float(row.get("threshold", 0.5))
-    relation = ">=" if score >= threshold else "<"
-    rule = (f"Score = 1 - P({negative_label}) = {score:.3f} {relation} threshold {threshold:.3f}. "
-            f"At or above the threshold means: screening positive, refer to a clinician.")
+    relation = t("result.at_or_above") if score >= threshold else t("result.below")
+    rule = (t("result.score_line", score=f"{score:.3f}", relation=relation, threshold=f"{threshold:.3f}") + " "
+            + t("result.rule", negative=negative_label))
     for line in _wrap(draw, rule, _font(24), width):
         draw.text((_MARGIN, y), line, font=_font(24), fill=_INK)
         y += 32
@@ -146,8 +152,10 @@ def render_report(row: Mapping[str, Any], preview: np.ndarray | None, heatmap: n
         panel = (width - 30) // 2
         original = _fit(preview, panel)
         panels = [("Original", original)]
+        panels[0] = (t("result.original"), original)
         if heatmap is not None:
-            panels.append(("Heatmap overlay", overlay_heatmap(original, heatmap, alpha=0.4)))
+            caption = t("result.overlay") if positive else t("result.overlay_normal")
+            panels.append((caption, overlay_heatmap(original, heatmap, alpha=0.4)))
         caption_font = _font(24, bold=True)
         for index, (caption, image) in enumerate(panels):
             x = _MARGIN + index * (panel + 30)
@@ -155,26 +163,28 @@ def render_report(row: Mapping[str, Any], preview: np.ndarray | None, heatmap: n
             page.paste(Image.fromarray(image), (x, y + 36))
         y += 36 + max(image.shape[0] for _, image in panels) + 16
         if heatmap is not None:
-            for line in _wrap(draw, HEATMAP_NOTE, _font(20), width):
+            for line in _wrap(draw, t("heatmap.note") if positive else t("heatmap.note_normal"), _font(20), width):
                 draw.text((_MARGIN, y), line, font=_font(20), fill=_MUTED)
                 y += 26
     y += 16
 
     small = _font(22)
     details = [
-        ("Time", format_time(row.get("time", ""))),
-        ("Screening no.", str(row.get("id", ""))),
-        ("Model", f"{row.get('model_name', '')}" + (f"  ({title})" if title else "")),
-        ("Model sha256", str(row.get("model_sha256", ""))),
-        ("Image sha256", str(row.get("image_sha256", ""))),
-        ("Latency", f"{float(row.get('latency_ms', 0.0)):.0f} ms"),
+        (t("report.time"), format_time(row.get("time", ""))),
+        (t("result.number"), str(row.get("id", ""))),
+        (t("result.model"), f"{title or row.get('model_name', '')}  ({row.get('model_name', '')})"),
+        (t("result.model_sha"), str(row.get("model_sha256", ""))),
+        (t("report.image_sha"), str(row.get("image_sha256", ""))),
+        (t("result.latency"), f"{float(row.get('latency_ms') or 0.0):.0f} ms"),
     ]
+    if population:
+        details.append((t("result.population"), population))
     for key, value in details:
         draw.text((_MARGIN, y), key, font=_font(22, bold=True), fill=_INK)
-        for line in _wrap(draw, value, small, width - 220) or [""]:
-            draw.text((_MARGIN + 220, y), line, font=small, fill=_INK)
+        for line in _wrap(draw, value, small, width - 240) or [""]:
+            draw.text((_MARGIN + 240, y), line, font=small, fill=_INK)
             y += 30
-    footer = f"Produced offline by cxr-edge {runtime_version}".strip() + ". " + NOTICE
+    footer = t("report.produced", version=runtime_version).replace("  ", " ") + " " + t("notice")
     footer_lines = _wrap(draw, footer, _font(18), width)
     fy = _PAGE[1] - _MARGIN - 24 * len(footer_lines)
     for line in footer_lines:

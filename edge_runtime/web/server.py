@@ -131,8 +131,12 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           *, log_path: PathLike | None = None, threads: int = DEFAULT_THREADS,
           max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, precision: str = DEFAULT_PRECISION,
           default_model: str | None = None, num_threads: int = 1, quality_gate: bool = True,
-          verify_sha256: bool = True, camera: bool = True, preload: bool = True) -> None:
+          verify_sha256: bool = True, camera: bool = True, preload: bool = True,
+          patient_reference: bool = False) -> None:
     """Serve the clinic page and JSON API with waitress until interrupted (Ctrl+C or SIGTERM).
+
+    Returns normally on SIGTERM (a service manager stopping it); raises ``KeyboardInterrupt``
+    after a clean stop on Ctrl+C, so that the CLI exits 130.
 
     Args:
         host: Address to bind. ``127.0.0.1`` (default) keeps the server on this machine; any
@@ -154,6 +158,8 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
         verify_sha256: Refuse model files whose sha256 differs from their spec.
         camera: Offer "take a frame from the camera" when picamera2 reports a Pi camera.
         preload: Load the default model before accepting requests.
+        patient_reference: Offer a patient reference field on the page and keep it in the log
+            (off by default: the log then holds no patient identifier).
 
     Raises:
         ValueError: a non-loopback ``host`` without a token, or invalid settings.
@@ -165,10 +171,12 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                            max_upload_bytes=max_upload_bytes, precision=precision,
                            default_model=default_model, num_threads=num_threads,
                            quality_gate=quality_gate, verify_sha256=verify_sha256,
-                           camera="auto" if camera else None)
+                           camera="auto" if camera else None, patient_reference=patient_reference)
     previous = None
+    terminated = []
     if threading.current_thread() is threading.main_thread():
         def _terminate(signum, frame):
+            terminated.append(signum)
             raise KeyboardInterrupt
 
         previous = signal.signal(signal.SIGTERM, _terminate)
@@ -181,3 +189,5 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
         server.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    if not terminated:
+        raise KeyboardInterrupt  # waitress swallowed Ctrl+C; the caller's exit code says "interrupted"

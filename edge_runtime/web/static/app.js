@@ -17,6 +17,17 @@
 
   function byId(id) { return document.getElementById(id); }
 
+  // The page's strings in its language, from the server (no inline script: a data attribute).
+  var strings = {};
+  try { strings = JSON.parse(document.body.dataset.strings || "{}"); } catch (ignored) { strings = {}; }
+  function t(key, values) {
+    var text = strings[key] || key;
+    Object.keys(values || {}).forEach(function (name) {
+      text = text.split("{" + name + "}").join(String(values[name]));
+    });
+    return text;
+  }
+
   function chosenFile() {
     return fileInput.files && fileInput.files.length ? fileInput.files[0] : null;
   }
@@ -72,9 +83,7 @@
   function showError(status, body) {
     var error = (body && body.error) || {};
     var refused = error.code === "not_chest_xray";
-    byId("error-title").textContent = refused
-      ? "Refused: this does not look like a chest X-ray"
-      : "Could not screen this image";
+    byId("error-title").textContent = refused ? t("error.refused") : t("error.title");
     byId("error-message").textContent = (error.message || ("HTTP " + status)) +
       (error.code ? " (" + error.code + ")" : "");
     errorBox.dataset.code = error.code || "";
@@ -82,18 +91,34 @@
     resultBox.hidden = true;
   }
 
+  function showHeatmap(visible) {
+    byId("overlay-figure").hidden = !visible;
+    byId("show-heatmap").textContent = visible ? t("result.hide_heatmap") : t("result.show_heatmap");
+    byId("show-heatmap").setAttribute("aria-expanded", visible ? "true" : "false");
+    byId("heatmap-note").hidden = !visible;
+  }
+
   function showResult(body) {
     var positive = body.positive;
     var tone = positive ? "positive" : "negative";
+    var plain = byId("result-plain");
+    plain.textContent = body.plain;
+    plain.className = "plain " + tone;
+    byId("result-population").textContent = body.population;
+    byId("result-reference").textContent = body.reference || "";
+    byId("result-reference-line").hidden = !body.reference;
     var label = byId("result-label");
     label.textContent = body.label;
     label.className = "label " + tone;
     var decision = byId("result-decision");
     decision.textContent = body.decision;
     decision.className = "decision " + tone;
-    byId("result-threshold").textContent = "Screening score " + body.score.toFixed(3) +
-      (positive ? " is at or above" : " is below") + " the threshold " + body.threshold.toFixed(3) +
-      ". Rule: " + body.threshold_rule + ".";
+    byId("result-threshold").textContent = t("result.score_line", {
+      score: body.score.toFixed(3),
+      relation: positive ? t("result.at_or_above") : t("result.below"),
+      threshold: body.threshold.toFixed(3)
+    }) + " " + t("result.rule", { negative: body.model.negative_label || "NORMAL" });
+    byId("result-details").open = false;
 
     var bars = byId("probabilities");
     while (bars.firstChild) { bars.removeChild(bars.firstChild); }
@@ -125,8 +150,11 @@
       byId("image-base").src = dataUrl(body.preview);
     }
     var hasHeatmap = Boolean(body.heatmap);
-    byId("overlay-figure").hidden = !hasHeatmap;
-    byId("heatmap-note").hidden = !hasHeatmap;
+    // A bright map on a normal film reads like a finding: it is shown only on request, and labelled.
+    byId("overlay-caption").textContent = positive ? t("result.overlay") : t("result.overlay_normal");
+    byId("heatmap-note").textContent = positive ? t("heatmap.note") : t("heatmap.note_normal");
+    byId("show-heatmap").hidden = !hasHeatmap || positive;
+    showHeatmap(hasHeatmap && positive);
     if (hasHeatmap) {
       heat.src = dataUrl(body.heatmap);
       setOpacity();
@@ -137,18 +165,20 @@
     byId("result-latency").textContent = body.latency_ms.toFixed(0) + " ms";
     byId("result-model").textContent = body.model.title + " (" + body.model.file + ")";
     byId("result-sha").textContent = body.model_sha256;
-    byId("result-id").textContent = body.id === null ? "not saved" : String(body.id);
+    byId("result-id").textContent = body.id === null ? t("result.not_saved") : String(body.id);
     var warnings = byId("warnings");
     warnings.textContent = (body.warnings || []).join(" ");
     warnings.hidden = !(body.warnings && body.warnings.length);
-    var download = byId("download");
-    if (body.report_url) {
-      download.href = body.report_url;
-      download.setAttribute("download", "cxr-screening-" + body.id + ".png");
-      download.hidden = false;
-    } else {
-      download.hidden = true;
-    }
+    [["download", body.report_url, ".png"], ["download-pdf", body.report_pdf_url, ".pdf"]].forEach(function (item) {
+      var link = byId(item[0]);
+      if (item[1]) {
+        link.href = item[1];
+        link.setAttribute("download", "cxr-screening-" + body.id + item[2]);
+        link.hidden = false;
+      } else {
+        link.hidden = true;
+      }
+    });
     errorBox.hidden = true;
     resultBox.hidden = false;
     resultBox.scrollIntoView({ behavior: "smooth", block: "start" });
@@ -160,8 +190,10 @@
     data.append("model", byId("model").value);
     data.append("heatmap", "true");
     data.append("preview", "true");
+    var reference = byId("reference");
+    if (reference && reference.value.trim()) { data.append("reference", reference.value.trim()); }
     submit.disabled = true;
-    statusText.textContent = "Screening...";
+    statusText.textContent = t("status.screening");
     fetch(url, { method: "POST", body: data, credentials: "same-origin" })
       .then(function (response) {
         return response.json().then(
@@ -172,7 +204,7 @@
         if (answer.ok) { showResult(answer.body); } else { showError(answer.status, answer.body); }
       })
       .catch(function () {
-        showError(0, { error: { code: "network_error", message: "The server did not answer." } });
+        showError(0, { error: { code: "network_error", message: t("error.network") } });
       })
       .then(function () {
         statusText.textContent = "";
@@ -190,6 +222,10 @@
   if (camera) {
     camera.addEventListener("click", function () { send(camera.dataset.url, null); });
   }
+
+  byId("show-heatmap").addEventListener("click", function () {
+    showHeatmap(byId("overlay-figure").hidden);
+  });
 
   byId("again").addEventListener("click", function () {
     form.reset();

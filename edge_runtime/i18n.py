@@ -1,0 +1,110 @@
+"""Translated wording of results and pages: one JSON catalog per language in ``locales/`` (English is the reference).
+
+Add a language by copying ``locales/en.json`` to ``locales/<code>.json`` and translating its values;
+a key missing from a catalog falls back to English, so a partial translation still works. The CLI
+stays English; the web page and its reports use :func:`translator` for the request's language.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+#: The reference language; every key exists in its catalog.
+DEFAULT_LANGUAGE = "en"
+
+_LOCALES = Path(__file__).resolve().parent / "locales"
+
+#: Validated population per task, used when a model's spec has no ``populations`` field
+#: (catalog keys, so that the text is translated; see :func:`population_text`).
+_POPULATION_KEYS = {
+    "binary": "population.kermany",
+    "etiology": "population.kermany",
+    "covid": "population.covid",
+}
+
+
+@functools.lru_cache(maxsize=None)
+def catalog(language: str) -> Mapping[str, str]:
+    """The catalog of ``language`` (an empty one for an unknown language)."""
+    path = _LOCALES / f"{language}.json"
+    if not path.is_file() or not language.isalpha():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def languages() -> list[str]:
+    """Codes of the languages with a catalog, English first."""
+    codes = sorted(p.stem for p in _LOCALES.glob("*.json") if p.stem.isalpha())
+    return sorted(codes, key=lambda code: (code != DEFAULT_LANGUAGE, code))
+
+
+def translate(language: str, key: str, **values: Any) -> str:
+    """The text of ``key`` in ``language`` (English when untranslated), formatted with ``values``.
+
+    An unknown key returns the key itself, so a missing string shows up instead of failing.
+    """
+    text = catalog(language).get(key) or catalog(DEFAULT_LANGUAGE).get(key) or key
+    return text.format(**values) if values else text
+
+
+def translator(language: str) -> Callable[..., str]:
+    """``t(key, **values)`` bound to one language."""
+    return functools.partial(translate, language)
+
+
+def label_name(language: str, label: str) -> str:
+    """A model label (``PNEUMONIA``, ``COVID-19``) as words in ``language``."""
+    key = f"label.{label.upper()}"
+    text = translate(language, key)
+    return label if text == key else text
+
+
+def task_title(language: str, task: str, fallback: str) -> str:
+    """What a model of ``task`` answers, in ``language`` (``fallback`` for a task without a title)."""
+    key = f"task.{task}"
+    text = translate(language, key)
+    return fallback if text == key else text
+
+
+def plain_result(language: str, label: str, positive: bool) -> str:
+    """The result in plain words: "Signs of pneumonia: refer to a clinician" / "No sign of pneumonia found".
+
+    Args:
+        language: Catalog language.
+        label: The label shown (the likeliest abnormal class when positive).
+        positive: The screening decision.
+    """
+    if positive:
+        key = f"finding.{label.upper()}"
+        finding = translate(language, key)
+        if finding == key:
+            finding = translate(language, "finding.other", label=label)
+        return translate(language, "plain.positive", finding=finding)
+    return translate(language, "plain.negative")
+
+
+def population_text(spec: Any, spec_path: str | Path | None = None, language: str = DEFAULT_LANGUAGE) -> str:
+    """Which population the model was validated on, for the page and the report.
+
+    Read from the spec's ``populations`` field when present (a string, a list of strings, or a
+    mapping with a ``validated`` entry), from the spec file when the loaded spec object does not
+    carry the field, else a per-task default from the catalog.
+    """
+    value = getattr(spec, "populations", None)
+    if value is None and spec_path is not None:
+        try:
+            value = json.loads(Path(spec_path).read_text(encoding="utf-8")).get("populations")
+        except (OSError, ValueError, AttributeError):
+            value = None
+    if isinstance(value, Mapping):
+        value = value.get("validated") or value.get("description")
+    if isinstance(value, (list, tuple)):
+        parts = [str(v.get("description", v)) if isinstance(v, Mapping) else str(v) for v in value]
+        value = "; ".join(p for p in parts if p.strip())
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    key = _POPULATION_KEYS.get(str(getattr(spec, "task", "")), "population.unknown")
+    return translate(language, key)
