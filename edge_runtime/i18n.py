@@ -20,7 +20,7 @@ _LOCALES = Path(__file__).resolve().parent / "locales"
 #: Validated population per task, used when a model's spec has no ``populations`` field
 #: (catalog keys, so that the text is translated; see :func:`population_text`).
 _POPULATION_KEYS = {
-    "binary": "population.kermany",
+    "binary": "population.binary",
     "etiology": "population.kermany",
     "covid": "population.covid",
 }
