@@ -134,7 +134,7 @@ def evaluate_task(models: TaskModels, data: Path | None, shared_data: Path, cach
     from export.parity import compare, run_tflite
     from training.gradcam import gradcam_heatmaps
     from training.metrics import evaluate_predictions, positive_score
-    from training.train import predict_probs
+    from training.train import default_mask_root, predict_probs
 
     spec = ModelSpec.load(models.spec_path)
     inputs, labels, description, skipped, dataset, indices = load_eval_data(models, spec, data, shared_data,
@@ -174,7 +174,7 @@ def evaluate_task(models: TaskModels, data: Path | None, shared_data: Path, cach
     localization = {}
     if "int8_cam" in features:
         localization = lung_localization_report(dataset, indices, features["int8_cam"], probs["int8_cam"], spec,
-                                                Path(dataset.root) / "lung_masks")
+                                                default_mask_root(dataset.root))
     by_population = {key: population_metrics(dataset, indices, probs[key], spec, n_boot, seed)
                      for key in ("keras", "int8") if key in probs}
     neg = spec.negative_index

@@ -165,3 +165,13 @@ def test_weights_rounded_to_float16_are_float16_values():
     round_to_float16(model)
     for w in model.get_weights():
         np.testing.assert_array_equal(w, w.astype(np.float16).astype(w.dtype))
+
+
+def test_mask_root_is_found_for_the_data_root_and_for_a_subfolder(tmp_path):
+    pytest.importorskip("tensorflow")
+    from training.train import default_mask_root
+
+    root, _ = _mixed_root(tmp_path)
+    assert default_mask_root(root) == (root / "lung_masks").resolve()
+    assert default_mask_root(root / "adult_cxr") == (root / "lung_masks" / "adult_cxr").resolve()
+    assert default_mask_root(root / "covid19") is None  # no masks for that folder

@@ -123,6 +123,17 @@ def plot_history(history: dict, path: Path, title: str) -> Path:
     return path
 
 
+def default_mask_root(data: str | os.PathLike) -> Path | None:
+    """Where the lung masks of ``data`` live: ``<root>/lung_masks/<data below root>`` for the data folder
+    or any of its parents (the shared data layout: ``lung_masks/chest_xray/train/NORMAL/<name>.png``)."""
+    data = Path(data).resolve()
+    for root in (data, *data.parents):
+        candidate = root / "lung_masks" / data.relative_to(root)
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
 def sampling_weights(dataset, indices: np.ndarray, balance: str) -> np.ndarray | None:
     """Per-sample draw probabilities over ``indices``.
 
@@ -343,8 +354,7 @@ def train(config: TrainConfig) -> dict:
                 "duplicate)", len(train_idx), counts(train_idx), len(val_idx), counts(val_idx),
                 len(threshold_idx), counts(threshold_idx))
 
-    mask_root = None if (config.masks or "").lower() == "none" else (
-        config.masks or (Path(config.data) / "lung_masks"))
+    mask_root = None if (config.masks or "").lower() == "none" else (config.masks or default_mask_root(config.data))
     masks, has_mask = load_masks(dataset, mask_root)
     logger.info("lung masks for %d training images (%s)", int(has_mask[train_idx].sum()),
                 mask_root if has_mask.any() else "none found")
