@@ -260,6 +260,7 @@ def open_camera(args):
 def _row(result, path: str, heatmap, row_id) -> dict:
     data = {
         "path": path,
+        "status": "classified",
         "label": result.label,
         "probabilities": {k: round(float(v), 6) for k, v in result.probabilities.items()},
         "score": round(float(result.score), 6),
@@ -294,12 +295,14 @@ def _classify_one(classifier, log, source, name: str, heatmap_dir: Path | None, 
     return result, heatmap, row_id
 
 
-def expand_inputs(paths: Iterable[Path], recursive: bool = False) -> tuple[list[Path], list[Path]]:
+def expand_inputs(paths: Iterable[Path], recursive: bool = False,
+                  loops: list[Path] | None = None) -> tuple[list[Path], list[Path]]:
     """(files to classify, files skipped): files named, and image files inside folders named.
 
     In folders, files with an image suffix or no suffix at all (DICOM files often have none)
     are taken, sorted; other files are returned as skipped and hidden files ignored. A missing
-    path is taken as is (its error is reported when it is read).
+    path is taken as is (its error is reported when it is read). Symbolic links inside the
+    folders that loop (or point nowhere) are appended to ``loops`` when it is given.
     """
     taken, skipped = [], []
     for path in paths:
@@ -308,13 +311,29 @@ def expand_inputs(paths: Iterable[Path], recursive: bool = False) -> tuple[list[
             continue
         walker = path.rglob("*") if recursive else path.iterdir()
         for child in sorted(walker):
-            if child.name.startswith(".") or not child.is_file():
+            if child.name.startswith("."):
+                continue
+            if not child.is_file():
+                if loops is not None and child.is_symlink() and not child.exists():
+                    loops.append(child)
                 continue
             if child.suffix.lower() in IMAGE_SUFFIXES or child.suffix == "":
                 taken.append(child)
             else:
                 skipped.append(child)
     return taken, skipped
+
+
+def _report_loops(loops: list[Path]) -> None:
+    if loops:
+        _err(f"skipped {len(loops)} symbolic link(s) that loop or point nowhere: "
+             + ", ".join(str(p) for p in loops[:5]) + (" ..." if len(loops) > 5 else ""))
+
+
+def _failure_row(path: str, err: BaseException) -> dict:
+    """The JSON line of an input that could not be classified (``--json`` prints one per input)."""
+    return {"path": path, "status": "failed", "error": _error_text(path, err).rsplit(" [", 1)[0],
+            "code": getattr(err, "code", "error")}
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,7 +347,10 @@ def cmd_classify(args) -> int:
     try:
         if not args.json:
             _out(_TABLE_HEADER)
-        files, skipped = expand_inputs(args.paths, args.recursive)
+        loops: list[Path] = []
+        files, skipped = expand_inputs(args.paths, args.recursive, loops)
+        _report_loops(loops)
+        failed += len(loops)
         if skipped:
             _err(f"skipped {len(skipped)} file(s) without an image suffix in the folders given: "
                  + ", ".join(p.name for p in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
@@ -340,6 +362,8 @@ def cmd_classify(args) -> int:
             except Exception as err:  # noqa: BLE001 - one bad file must not stop the batch
                 failed += 1
                 _report_failure(str(path), err)
+                if args.json:  # a script reading stdout sees every input, failed ones included
+                    _out(json.dumps(_failure_row(str(path), err)))
                 continue
             ok += 1
             row = _row(result, str(path), heatmap, row_id)
@@ -350,7 +374,7 @@ def cmd_classify(args) -> int:
             log.close()
     if not args.json or failed:
         print(f"{ok} classified, {failed} failed", file=sys.stderr, flush=True)
-    if ok + failed == 0:
+    if ok + failed == 0 and not loops:
         _err("error: no image files found in " + ", ".join(str(p) for p in args.paths))
         return EXIT_SOME_FAILED
     return EXIT_SOME_FAILED if failed else EXIT_OK
@@ -490,7 +514,9 @@ def cmd_demo(args) -> int:
         _err(f"error: no sample X-rays at {' or '.join(str(c) for c in candidates)}. Pass --samples DIR (a folder "
              f"with NORMAL/ and PNEUMONIA/ sub-folders) or set ${SAMPLES_ENV}")
         return EXIT_ERROR
-    files, _ = expand_inputs([samples], recursive=True)
+    loops: list[Path] = []
+    files, _ = expand_inputs([samples], recursive=True, loops=loops)
+    _report_loops(loops)
     if not files:
         _err(f"error: no images in {samples}")
         return EXIT_ERROR

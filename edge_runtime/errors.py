@@ -14,6 +14,18 @@ class InvalidImageError(CxrError):
     code = "invalid_image"
 
 
+class InputNotFoundError(InvalidImageError):
+    """The input file does not exist (or vanished before it could be read)."""
+
+    code = "file_not_found"
+
+
+class NotARegularFileError(InvalidImageError):
+    """The input is a folder, device, FIFO or socket: only regular files are read."""
+
+    code = "not_a_regular_file"
+
+
 class UnsupportedFormatError(InvalidImageError):
     """The input is a known format this runtime does not read (PDF, compressed DICOM ...)."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import errno
 import hashlib
 import io
 import logging
@@ -186,7 +187,8 @@ def _process(path: Path, classifier, log, processed_dir: Path | None, failed_dir
 
 
 def _fail(path: Path, err: BaseException, failed_dir: Path | None) -> WatchOutcome:
-    logger.warning("%s", err)
+    # Info, not warning: the outcome carries the error, and the CLI prints it once.
+    logger.info("%s", err)
     note = _error_note(path, err)
     moved = None
     try:
@@ -257,9 +259,12 @@ def watch_folder(folder: PathLike, classifier, log=None, *, processed_dir: PathL
     # path -> (size, mtime_ns) of files handled and left in place during this run
     handled: dict[Path, tuple[int, int]] = {}
     stop = stop_event or threading.Event()
+    # symbolic links that loop or point nowhere, reported once each while they stay
+    bad_links: set[Path] = set()
     while not stop.is_set():
         now = time.monotonic()
         ready = []
+        new_bad_links = []
         try:
             entries = sorted(folder.iterdir())
         except OSError as err:
@@ -271,7 +276,14 @@ def watch_folder(folder: PathLike, classifier, log=None, *, processed_dir: PathL
                 continue
             try:
                 stat = path.stat()
-            except OSError:
+            except OSError as err:
+                if path.is_symlink():
+                    present.add(path)
+                    if path not in bad_links:
+                        bad_links.add(path)
+                        what = "loops" if err.errno == errno.ELOOP else "points nowhere"
+                        new_bad_links.append(WatchOutcome(path, FAILED, error=f"{path}: symbolic link {what}; "
+                                                          "skipped", error_code="bad_symlink"))
                 continue
             if not path.is_file():
                 continue
@@ -292,6 +304,10 @@ def watch_folder(folder: PathLike, classifier, log=None, *, processed_dir: PathL
             del pending[gone]
         for gone in set(handled) - present:
             del handled[gone]
+        bad_links &= present
+        for outcome in new_bad_links:
+            logger.info("%s", outcome.error)
+            yield outcome
         for _, path, state in sorted(ready):
             if stop.is_set():
                 return
