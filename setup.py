@@ -9,7 +9,7 @@ from pathlib import Path
 from setuptools import setup
 
 HERE = Path(__file__).parent
-MODEL_FILES = ["*.tflite", "*.spec.json", "*_labels.txt", "README.md", "MODEL_CARD*.md", "LICENSE*"]
+MODEL_FILES = ["*.tflite", "*.spec.json", "*_labels.txt", "SHA256SUMS", "README.md", "MODEL_CARD*.md", "LICENSE*"]
 
 EXTRAS = {
     # One TFLite interpreter is needed; ai-edge-litert is the maintained one (numpy 2).

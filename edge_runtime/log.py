@@ -20,12 +20,16 @@ PathLike = Union[str, os.PathLike]
 
 #: Environment variable naming the log file (used by the CLI).
 LOG_PATH_ENV = "CXR_LOG"
-#: Schema version kept in ``PRAGMA user_version``.
-SCHEMA_VERSION = 1
+#: Schema version kept in ``PRAGMA user_version`` (2 added ``spec_sha256``; version 1 logs are migrated).
+SCHEMA_VERSION = 2
 
-#: Columns, in table and CSV order.
+#: Columns, in table order.
 COLUMNS = ("id", "time", "source", "image_sha256", "label", "probabilities", "score", "threshold", "decision",
-           "model_name", "model_sha256", "heatmap_path", "latency_ms", "patient_id")
+           "model_name", "model_sha256", "heatmap_path", "latency_ms", "patient_id", "spec_sha256")
+#: Columns of a version 1 log.
+_COLUMNS_V1 = COLUMNS[:-1]
+#: Columns of the CSV export: no server paths (heatmap files), patient id only when stored.
+CSV_COLUMNS = tuple(c for c in COLUMNS if c != "heatmap_path")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS screenings (
@@ -42,7 +46,8 @@ CREATE TABLE IF NOT EXISTS screenings (
     model_sha256  TEXT    NOT NULL,
     heatmap_path  TEXT,
     latency_ms    REAL,
-    patient_id    TEXT               -- NULL unless the log was opened with store_patient_ids=True
+    patient_id    TEXT,              -- NULL unless the log was opened with store_patient_ids=True
+    spec_sha256   TEXT               -- sha256 of the spec sidecar the result was computed with
 );
 CREATE INDEX IF NOT EXISTS screenings_seen ON screenings (image_sha256, model_sha256);
 CREATE INDEX IF NOT EXISTS screenings_label ON screenings (label, id);
@@ -126,8 +131,11 @@ class ScreeningLog:
                 raise LogError(f"{self.path} has schema version {version}; this cxr-edge reads up to "
                                f"{SCHEMA_VERSION}: upgrade cxr-edge")
             self._conn.executescript(_SCHEMA)
-            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             columns = [row[1] for row in self._conn.execute("PRAGMA table_info(screenings)")]
+            if tuple(columns) == _COLUMNS_V1:  # a version 1 log: add the column, keep every row
+                self._conn.execute("ALTER TABLE screenings ADD COLUMN spec_sha256 TEXT")
+                columns.append("spec_sha256")
+            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             if tuple(columns) != COLUMNS:
                 raise LogError(f"{self.path}: table 'screenings' has columns {columns}, expected {list(COLUMNS)}")
         except sqlite3.DatabaseError as err:
@@ -178,6 +186,7 @@ class ScreeningLog:
             None if heatmap_path is None else str(heatmap_path),
             None if latency is None else float(latency),
             None if patient_id is None else str(patient_id),
+            _field(result, "spec_sha256") or None,
         )
         with self._lock:
             conn = self._connection()
@@ -249,7 +258,7 @@ class ScreeningLog:
         """Write the log (oldest first) as CSV with a header row.
 
         ``probabilities`` is a JSON object; the ``patient_id`` column is included only when
-        the log stores patient ids. Text cells that a spreadsheet would run as a formula are
+        the log stores patient ids; ``heatmap_path`` (a path on this machine) never is. Text cells that a spreadsheet would run as a formula are
         prefixed with ``'``.
 
         Args:
@@ -259,7 +268,7 @@ class ScreeningLog:
         Returns:
             Number of data rows written.
         """
-        columns = COLUMNS if self.store_patient_ids else COLUMNS[:-1]
+        columns = CSV_COLUMNS if self.store_patient_ids else tuple(c for c in CSV_COLUMNS if c != "patient_id")
         sql = f"SELECT {', '.join(columns)} FROM screenings"
         params: tuple = ()
         if label is not None:

@@ -194,3 +194,31 @@ def test_kill_9_loses_no_acknowledged_row(tmp_path):
             assert row["source"] == f"file-{i}" and row["image_sha256"] == f"{i:064x}"
             assert row["score"] == pytest.approx((i % 100) / 100)
             assert row["probabilities"]["PNEUMONIA"] == pytest.approx((i % 100) / 100)
+
+
+def test_a_version_1_log_is_migrated_keeping_its_rows(tmp_path):
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE screenings (id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, source TEXT,
+            image_sha256 TEXT NOT NULL, label TEXT NOT NULL, probabilities TEXT NOT NULL, score REAL NOT NULL,
+            threshold REAL NOT NULL, decision TEXT NOT NULL, model_name TEXT NOT NULL, model_sha256 TEXT NOT NULL,
+            heatmap_path TEXT, latency_ms REAL, patient_id TEXT);
+        INSERT INTO screenings (time, image_sha256, label, probabilities, score, threshold, decision, model_name,
+            model_sha256) VALUES ('2026-01-01T00:00:00Z', 'ab', 'NORMAL', '{}', 0.1, 0.5, 'screening negative', 'm', 'cd');
+        PRAGMA user_version=1;
+    """)
+    conn.commit()
+    conn.close()
+    with ScreeningLog(path) as log:
+        assert log.count() == 1 and log.get(1)["spec_sha256"] is None
+        row_id = log.record(make_result(spec_sha256="ef" * 32))
+        assert log.get(row_id)["spec_sha256"] == "ef" * 32
+
+
+def test_csv_export_holds_no_server_paths(tmp_path):
+    with ScreeningLog(tmp_path / "c.db") as log:
+        log.record(make_result(), heatmap_path="/srv/clinic/heatmaps/ab.png")
+        buffer = io.StringIO()
+        log.export_csv(buffer)
+    assert "/srv/clinic" not in buffer.getvalue() and "heatmap_path" not in buffer.getvalue()
