@@ -42,6 +42,7 @@ environment:
   CXR_MODELS   folder of shipped models (*.tflite with their *.spec.json)
   CXR_LOG      screening log file (default ~/.local/share/cxr-edge/screenings.db)
   CXR_SAMPLES  sample X-rays for `cxr-edge demo`
+  CXR_TOKEN    the web server's shared secret (`cxr-edge serve`; or --token-file)
 
 A screening aid, not a diagnosis: every positive result must be reviewed by a clinician.
 """
@@ -185,8 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
             "Every result is recorded in the screening log.")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     p.add_argument("--port", type=int, default=8080, help="TCP port (default: %(default)s)")
-    p.add_argument("--token", default=os.environ.get("CXR_TOKEN"),
-                   help="shared secret required from clients (needed for a non-loopback --host; default: $CXR_TOKEN)")
+    token = p.add_mutually_exclusive_group()
+    token.add_argument("--token-file", type=Path, metavar="FILE",
+                       help="file holding the shared secret required from clients (needed for a non-loopback "
+                            "--host; one line, e.g. `openssl rand -hex 16 > FILE; chmod 600 FILE`); default: "
+                            "$CXR_TOKEN")
+    token.add_argument("--token", help="the secret itself (not recommended: other users see it in `ps`; use "
+                                       "--token-file or $CXR_TOKEN)")
     p.add_argument("--models", type=Path, metavar="DIR", help="models folder to offer (default: the shipped models)")
     p.set_defaults(handler=cmd_serve)
 
@@ -570,6 +576,28 @@ def cmd_demo(args) -> int:
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
+def read_token(args) -> str | None:
+    """The server's token: ``--token-file`` (one line, trailing newline dropped), ``--token``, or
+    ``$CXR_TOKEN``; ``None`` when none is given.
+
+    Raises:
+        ValueError: the token file cannot be read.
+    """
+    if args.token_file is not None:
+        try:
+            text = args.token_file.read_text(encoding="utf-8")
+            mode = args.token_file.stat().st_mode
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"cannot read the token file {args.token_file}: {err}") from err
+        if mode & 0o077:
+            logger.warning("the token file %s is readable by other users: chmod 600 it", args.token_file)
+        return text.rstrip("\r\n")
+    if args.token is not None:
+        logger.warning("--token is visible to every user of this machine in `ps`; prefer --token-file or $CXR_TOKEN")
+        return args.token
+    return os.environ.get("CXR_TOKEN")
+
+
 def cmd_serve(args) -> int:
     """``cxr-edge serve``: the clinic web page and JSON API (:func:`edge_runtime.web.serve`)."""
     from .models import find_models_dir, resolve_model
@@ -596,7 +624,8 @@ def cmd_serve(args) -> int:
         logging.getLogger("edge_runtime.web").addHandler(handler)
         logging.getLogger("edge_runtime.web").propagate = False
     try:
-        web.serve(host=args.host, port=args.port, models=str(models_dir), token=args.token,
+        token = read_token(args)
+        web.serve(host=args.host, port=args.port, models=str(models_dir), token=token,
                   log_path=args.log or default_log_path(), num_threads=args.threads, precision=precision,
                   default_model=spec.name, quality_gate=not args.no_quality_gate)
     except (ValueError, OSError) as err:  # unsafe binding without a token, port in use ...

@@ -238,7 +238,9 @@ class ScreeningLog:
         return [self._to_dict(row) for row in rows]
 
     def get(self, row_id: int) -> dict | None:
-        """One row by id, or None."""
+        """One row by id, or None (also for ids SQLite cannot hold, such as 99999999999999999999999)."""
+        if not 0 < int(row_id) < 2**63:
+            return None
         rows = self._query("SELECT * FROM screenings WHERE id = ?", (int(row_id),))
         return self._to_dict(rows[0]) if rows else None
 
