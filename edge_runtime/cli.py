@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between scans (default: %(default)s)")
     p.add_argument("--settle", type=_non_negative_float, default=2.0,
                    help="seconds a file must stay unchanged before it is read (default: %(default)s)")
+    p.add_argument("--grace", type=_non_negative_float, default=30.0,
+                   help="a file that reads as truncated or undecodable is read again whenever it changes, and "
+                        "failed only after staying unchanged this many seconds (default: %(default)s)")
     p.add_argument("--once", action="store_true", help="handle the files present, then exit")
     p.add_argument("--json", action="store_true", help="print one JSON object per file")
     p.set_defaults(handler=cmd_watch)
@@ -404,7 +407,8 @@ def cmd_watch(args) -> int:
             _out(_TABLE_HEADER)
         for outcome in watch_folder(args.folder, classifier, log, processed_dir=args.processed,
                                     failed_dir=args.failed, heatmap_dir=args.heatmap, poll_interval=args.interval,
-                                    settle_seconds=args.settle, stop_event=stop, once=args.once, alpha=args.alpha):
+                                    settle_seconds=args.settle, stop_event=stop, once=args.once, alpha=args.alpha,
+                                    grace_seconds=args.grace):
             if outcome.status == CLASSIFIED:
                 row = _row(outcome.result, str(outcome.path), outcome.heatmap_path, outcome.row_id)
                 _out(json.dumps(row) if args.json else _table_line(row))

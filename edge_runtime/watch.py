@@ -19,8 +19,9 @@ from PIL import Image
 
 from .cam import fit_within, overlay_heatmap, side_by_side
 from .errors import CxrError, InvalidImageError, ModelError, NotChestXrayError
-from .imaging import MAX_BYTES
+from .errors import InputNotFoundError
 from .files import write_atomic
+from .imaging import read_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,10 @@ PathLike = Union[str, os.PathLike]
 
 #: Seconds a file's size and mtime must stay unchanged before it is read.
 DEFAULT_SETTLE_SECONDS = 2.0
+#: A file that reads as truncated or undecodable is retried until it has stayed unchanged this many
+#: times ``settle_seconds`` (the default grace period): a scanner that pauses mid-write for longer
+#: than the settle time must not lose its scan to ``failed/``.
+GRACE_FACTOR = 10.0
 #: Suffix of the note written beside a file that could not be classified.
 ERROR_SUFFIX = ".error.txt"
 #: Longest side of the saved heatmap panels (each half of the side-by-side PNG): the heatmap
@@ -40,6 +45,8 @@ _PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".download", "~
 
 #: Outcome statuses.
 CLASSIFIED, DUPLICATE, FAILED = "classified", "duplicate", "failed"
+# Internal: read too early (truncated, undecodable); tried again after the grace period.
+_RETRY = "retry"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,23 +152,38 @@ def _marked_failed(path: Path, stat: os.stat_result) -> bool:
         return False
 
 
+def _incomplete(err: BaseException) -> bool:
+    """True for errors a file still being written gives: empty, truncated, not yet recognisable
+    (a plain :class:`InvalidImageError`, not one of its specific subclasses)."""
+    return type(err) is InvalidImageError
+
+
 def _process(path: Path, classifier, log, processed_dir: Path | None, failed_dir: Path | None,
-             heatmap_dir: Path | None, alpha: float, source_prefix: str) -> WatchOutcome:
-    """Classify one settled file; never raises for a bad file (only for a broken log)."""
+             heatmap_dir: Path | None, alpha: float, source_prefix: str, defer_incomplete: bool = False,
+             restore_to: Path | None = None) -> WatchOutcome:
+    """Classify one settled file; never raises for a bad file (only for a broken log).
+
+    With ``defer_incomplete``, a file that looks incomplete is neither moved nor marked: the
+    outcome's status is ``_RETRY``. ``restore_to``: a re-examined file from the failed folder,
+    moved there (or to ``processed_dir``) once classified.
+    """
+    def failure(err: BaseException) -> WatchOutcome:
+        if defer_incomplete and _incomplete(err):
+            logger.info("%s: %s; trying again once it has stopped changing", path, err)
+            return WatchOutcome(path, _RETRY, error=str(err), error_code=getattr(err, "code", None))
+        return _fail(path, err, failed_dir)
+
     try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise InvalidImageError(f"{path}: file is {size} bytes; the limit is {MAX_BYTES}")
-        data = path.read_bytes()
-    except FileNotFoundError:
+        data, _ = read_bytes(path, name=str(path))
+    except InputNotFoundError:
         return WatchOutcome(path, FAILED, error=f"{path}: vanished before it could be read", error_code="vanished")
     except CxrError as err:
-        return _fail(path, err, failed_dir)
-    except OSError as err:
-        return _fail(path, InvalidImageError(f"{path}: cannot read file: {err}"), failed_dir)
+        return failure(err)
     digest = hashlib.sha256(data).hexdigest()
+    destination = processed_dir if processed_dir is not None else restore_to
     if log is not None and log.seen(digest, classifier.model_sha256):
-        moved = _move(path, processed_dir) if processed_dir is not None else None
+        moved = _move(path, destination) if destination is not None else None
+        _drop_note(path)
         logger.info("%s: already screened with this model; not classified again", path)
         return WatchOutcome(path, DUPLICATE, moved_to=moved)
     stream = io.BytesIO(data)
@@ -173,7 +195,7 @@ def _process(path: Path, classifier, log, processed_dir: Path | None, failed_dir
             heatmap_path = save_overlay(result, Path(heatmap_dir) / heatmap_name(path.name, result.image_sha256),
                                         alpha=alpha)
     except CxrError as err:
-        return _fail(path, err, failed_dir)
+        return failure(err)
     except Exception as err:  # noqa: BLE001 - one strange file must not stop the clinic's scanner folder
         logger.exception("unexpected error on %s", path)
         return _fail(path, err, failed_dir)
@@ -182,8 +204,17 @@ def _process(path: Path, classifier, log, processed_dir: Path | None, failed_dir
         # The row is committed before the file moves: a crash in between leaves a file whose
         # content the log knows, so the next run moves it without classifying it again.
         row_id = log.record(result, source=f"{source_prefix}{path}", heatmap_path=heatmap_path)
-    moved = _move(path, processed_dir) if processed_dir is not None else None
+    moved = _move(path, destination) if destination is not None else None
+    _drop_note(path)
     return WatchOutcome(path, CLASSIFIED, result=result, row_id=row_id, moved_to=moved, heatmap_path=heatmap_path)
+
+
+def _drop_note(path: Path) -> None:
+    """Remove the failure note of a file that has now been handled."""
+    try:
+        Path(str(path) + ERROR_SUFFIX).unlink(missing_ok=True)
+    except OSError as err:
+        logger.warning("could not remove the note beside %s: %s", path, err)
 
 
 def _fail(path: Path, err: BaseException, failed_dir: Path | None) -> WatchOutcome:
@@ -192,7 +223,9 @@ def _fail(path: Path, err: BaseException, failed_dir: Path | None) -> WatchOutco
     note = _error_note(path, err)
     moved = None
     try:
-        if failed_dir is not None:
+        if failed_dir is not None and path.parent.resolve() == Path(failed_dir).resolve():
+            write_atomic(Path(str(path) + ERROR_SUFFIX), note.encode("utf-8"))  # re-examined: stays
+        elif failed_dir is not None:
             moved = _move(path, failed_dir)
             write_atomic(Path(str(moved) + ERROR_SUFFIX), note.encode("utf-8"))
         else:
@@ -207,12 +240,16 @@ def watch_folder(folder: PathLike, classifier, log=None, *, processed_dir: PathL
                  failed_dir: PathLike | None = None, heatmap_dir: PathLike | None = None,
                  poll_interval: float = 1.0, settle_seconds: float = DEFAULT_SETTLE_SECONDS,
                  stop_event: threading.Event | None = None, once: bool = False, alpha: float = 0.4,
-                 source_prefix: str = "") -> Iterator[WatchOutcome]:
+                 source_prefix: str = "", grace_seconds: float | None = None) -> Iterator[WatchOutcome]:
     """Classify every file that appears in ``folder``, exactly once, yielding what happened.
 
     Polls (no inotify: works on SD cards, USB sticks and network shares alike). A file is read
     only once its size and mtime stayed unchanged for ``settle_seconds`` (a scanner still
-    writing it is left alone). "Exactly once" is keyed by content: a file whose sha256 the log
+    writing it is left alone). A file that then reads as truncated, empty or undecodable is not
+    failed at once: it is read again each time it changes, and failed only once it has stayed
+    unchanged for ``grace_seconds`` (a scanner pausing mid-write). A failed file that changes
+    afterwards (in ``failed_dir`` or beside its note) is examined again; classified, it moves to
+    ``processed_dir`` (or, without one, stays where it is without its note). "Exactly once" is keyed by content: a file whose sha256 the log
     already holds for this model's sha256 is not classified again, also after a restart or when
     the same image is dropped twice. Bad files never stop the loop: they are moved to
     ``failed_dir`` with a ``.error.txt`` note beside them, or, without ``failed_dir``, left in
@@ -235,6 +272,8 @@ def watch_folder(folder: PathLike, classifier, log=None, *, processed_dir: PathL
             settle) instead of watching forever.
         alpha: Heatmap weight in the overlay.
         source_prefix: Prefix of the ``source`` recorded in the log.
+        grace_seconds: How long a file that reads as incomplete must stay unchanged before it
+            is failed (default: ``GRACE_FACTOR`` x ``settle_seconds``).
 
     Yields:
         One :class:`WatchOutcome` per file handled.
@@ -254,10 +293,13 @@ def watch_folder(folder: PathLike, classifier, log=None, *, processed_dir: PathL
     failed = Path(failed_dir) if failed_dir is not None else None
     heatmaps = Path(heatmap_dir) if heatmap_dir is not None else None
     own_dirs = {p.resolve() for p in (processed, failed, heatmaps) if p is not None}
+    grace = GRACE_FACTOR * settle_seconds if grace_seconds is None else float(grace_seconds)
     # path -> ((size, mtime_ns), monotonic time this state was first seen)
     pending: dict[Path, tuple[tuple[int, int], float]] = {}
     # path -> (size, mtime_ns) of files handled and left in place during this run
     handled: dict[Path, tuple[int, int]] = {}
+    # path -> ((size, mtime_ns), monotonic time) of files that read as incomplete in that state
+    suspects: dict[Path, tuple[tuple[int, int], float]] = {}
     stop = stop_event or threading.Event()
     # symbolic links that loop or point nowhere, reported once each while they stay
     bad_links: set[Path] = set()
@@ -270,9 +312,18 @@ def watch_folder(folder: PathLike, classifier, log=None, *, processed_dir: PathL
         except OSError as err:
             logger.error("cannot list %s: %s", folder, err)
             entries = []
+        if failed is not None and failed.is_dir():
+            # A file that failed and has changed since (a scanner still writing it when it was moved
+            # there: the rename does not stop the writer) is examined again.
+            try:
+                entries += sorted(p for p in failed.iterdir() if not _ignored(p)
+                                  and Path(str(p) + ERROR_SUFFIX).exists())
+            except OSError as err:
+                logger.error("cannot list %s: %s", failed, err)
         present = set()
         for path in entries:
-            if _ignored(path) or path.resolve() in own_dirs:
+            in_failed = failed is not None and path.parent == failed
+            if _ignored(path) or (not in_failed and path.resolve() in own_dirs):
                 continue
             try:
                 stat = path.stat()
@@ -291,31 +342,46 @@ def watch_folder(folder: PathLike, classifier, log=None, *, processed_dir: PathL
             state = (stat.st_size, stat.st_mtime_ns)
             if handled.get(path) == state or _marked_failed(path, stat):
                 continue
+            age = time.time() - stat.st_mtime  # by the wall clock: also right after a restart
+            suspect = suspects.get(path)
+            if suspect is not None:
+                if suspect[0] == state:
+                    if now - suspect[1] >= grace or age >= grace:
+                        ready.append((stat.st_mtime_ns, path, state, True, in_failed))
+                    continue
+                del suspects[path]  # it changed: still being written, settle again
             previous = pending.get(path)
             if previous is None or previous[0] != state:
                 pending[path] = (state, now)
                 # Untouched for settle_seconds by the wall clock: complete already (e.g. a restart).
-                if time.time() - stat.st_mtime < settle_seconds:
+                if age < settle_seconds:
                     continue
             elif now - previous[1] < settle_seconds:
                 continue
-            ready.append((stat.st_mtime_ns, path, state))
+            ready.append((stat.st_mtime_ns, path, state, age >= grace, in_failed))
         for gone in set(pending) - present:
             del pending[gone]
         for gone in set(handled) - present:
             del handled[gone]
+        for gone in set(suspects) - present:
+            del suspects[gone]
         bad_links &= present
         for outcome in new_bad_links:
             logger.info("%s", outcome.error)
             yield outcome
-        for _, path, state in sorted(ready):
+        for _, path, state, final, in_failed in sorted(ready):
             if stop.is_set():
                 return
             pending.pop(path, None)
-            outcome = _process(path, classifier, log, processed, failed, heatmaps, alpha, source_prefix)
+            outcome = _process(path, classifier, log, processed, failed, heatmaps, alpha, source_prefix,
+                               defer_incomplete=not final)
+            if outcome.status == _RETRY:
+                suspects[path] = (state, now)
+                continue
+            suspects.pop(path, None)
             if outcome.moved_to is None:
                 handled[path] = state
             yield outcome
-        if once and not pending:
+        if once and not pending and not suspects:
             return
         stop.wait(poll_interval)
