@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 
 from . import __version__
 from .camera import CameraError
-from .errors import CxrError, ModelError, RuntimeUnavailableError
+from .errors import CxrError, ModelError, RuntimeUnavailableError, StorageError
 from .log import LogError
 
 logger = logging.getLogger("cxr_edge")
@@ -27,7 +27,7 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 #: Files taken from a folder given to ``classify`` (files named explicitly are always tried).
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom")
 #: Errors after which nothing more can be classified: they end the command with exit code 2.
-FATAL_ERRORS = (ModelError, RuntimeUnavailableError, LogError, CameraError)
+FATAL_ERRORS = (ModelError, RuntimeUnavailableError, LogError, CameraError, StorageError)
 #: Environment variable naming the demo's sample folder.
 SAMPLES_ENV = "CXR_SAMPLES"
 
@@ -35,7 +35,7 @@ _EPILOG = """\
 exit codes:
   0    every input was classified
   1    some inputs could not be classified (unreadable, or not a chest X-ray); the others were
-  2    usage error, or the model, runtime, camera or screening log could not be used
+  2    usage error, or the model, runtime, camera, screening log or output folder could not be used
   130  interrupted (Ctrl+C)
 
 environment:

@@ -67,6 +67,13 @@ class ModelIntegrityError(ModelError):
     code = "model_integrity"
 
 
+class StorageError(CxrError):
+    """An output (heatmap, moved file) cannot be written: disk full, read-only or missing folder.
+    Fatal for a batch or a watcher: going on would only fail every following file the same way."""
+
+    code = "storage_error"
+
+
 class RuntimeUnavailableError(CxrError):
     """No TFLite interpreter package is installed."""
 

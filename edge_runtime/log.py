@@ -68,6 +68,18 @@ class LogError(CxrError):
     code = "log_error"
 
 
+def _hint(err: BaseException) -> str:
+    """What to do about the commonest storage faults on a Pi, from SQLite's message."""
+    text = str(err).lower()
+    if "full" in text:
+        return " (the disk is full: free space on it, then run again)"
+    if "readonly" in text or "read-only" in text or "unable to open" in text or "permission" in text:
+        return " (is the log's folder writable, and the disk mounted read-write?)"
+    if "disk i/o" in text:
+        return " (the storage reported an I/O error: check the SD card or disk)"
+    return ""
+
+
 def default_log_path() -> Path:
     """``$CXR_LOG``, else ``$XDG_DATA_HOME/cxr-edge/screenings.db`` (``~/.local/share/...``)."""
     if os.environ.get(LOG_PATH_ENV):
@@ -118,9 +130,14 @@ class ScreeningLog:
             self._conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None,
                                          check_same_thread=False)
         except (OSError, sqlite3.Error) as err:
-            raise LogError(f"cannot open the screening log {self.path}: {err}") from err
+            raise LogError(f"cannot open the screening log {self.path}: {err}{_hint(err)}") from err
         try:
             self._conn.row_factory = sqlite3.Row
+            # A damaged file (power cut on a cheap SD card) is refused at start with what to do,
+            # rather than failing at the first patient. Costs ~1 ms per MB of log.
+            check = self._conn.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(check.splitlines()[0])
             mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 logger.warning("%s: journal mode is %s, not WAL (network file system?)", self.path, mode)
@@ -140,7 +157,12 @@ class ScreeningLog:
                 raise LogError(f"{self.path}: table 'screenings' has columns {columns}, expected {list(COLUMNS)}")
         except sqlite3.DatabaseError as err:
             self._conn.close()
-            raise LogError(f"{self.path} is not a usable screening log: {err}") from err
+            if isinstance(err, sqlite3.OperationalError):  # read-only folder, locked, I/O error
+                raise LogError(f"cannot open the screening log {self.path}: {err}{_hint(err)}") from err
+            raise LogError(
+                f"{self.path} is not a usable screening log ({err}); nothing was written to it. If it is a "
+                f"damaged log, move it aside (mv '{self.path}' '{self.path}.damaged') to start a new one, and "
+                f"salvage its rows with: sqlite3 '{self.path}.damaged' .recover | sqlite3 recovered.db") from err
         except LogError:
             self._conn.close()
             raise
@@ -202,7 +224,8 @@ class ScreeningLog:
                         conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as err:
-                raise LogError(f"could not write to the screening log {self.path}: {err}") from err
+                raise LogError(f"could not write to the screening log {self.path}: {err}{_hint(err)}; "
+                               "this result was NOT recorded") from err
             return int(cursor.lastrowid)
 
     # -- reading ---------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Iterator, Union
 from PIL import Image
 
 from .cam import fit_within, overlay_heatmap, side_by_side
-from .errors import CxrError, InvalidImageError, ModelError, NotChestXrayError
+from .errors import CxrError, InvalidImageError, ModelError, NotChestXrayError, StorageError
 from .errors import InputNotFoundError
 from .files import write_atomic
 from .imaging import read_bytes
@@ -75,7 +75,7 @@ class WatchOutcome:
     heatmap_path: Path | None = None
 
 
-def save_overlay(result, path: PathLike, alpha: float = 0.4, max_side: int = OVERLAY_MAX_SIDE) -> Path:
+def save_overlay(result, path: PathLike, alpha: float = 0.4, max_side: int = OVERLAY_MAX_SIDE) -> Path:  # noqa: D417
     """Write the original | heatmap-overlay PNG of a classification.
 
     Args:
@@ -89,6 +89,7 @@ def save_overlay(result, path: PathLike, alpha: float = 0.4, max_side: int = OVE
 
     Raises:
         ValueError: the result carries no heatmap or image.
+        StorageError: the file cannot be written (disk full, read-only folder).
     """
     if result.heatmap is None or result.image is None:
         raise ValueError("this result has no heatmap: classify with heatmap=True on a *_cam model")
@@ -97,7 +98,10 @@ def save_overlay(result, path: PathLike, alpha: float = 0.4, max_side: int = OVE
     path = Path(path)
     buffer = io.BytesIO()
     Image.fromarray(panel).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    write_atomic(path, buffer.getvalue())
+    try:
+        write_atomic(path, buffer.getvalue())
+    except OSError as err:
+        raise StorageError(f"cannot write the heatmap {path}: {err.strerror or err}") from err
     return path
 
 
@@ -118,9 +122,12 @@ def _unique_target(folder: Path, name: str) -> Path:
 
 
 def _move(path: Path, folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    target = _unique_target(folder, path.name)
-    shutil.move(str(path), str(target))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        target = _unique_target(folder, path.name)
+        shutil.move(str(path), str(target))
+    except OSError as err:
+        raise StorageError(f"cannot move {path} to {folder}: {err.strerror or err}") from err
     return target
 
 
@@ -194,6 +201,8 @@ def _process(path: Path, classifier, log, processed_dir: Path | None, failed_dir
         if heatmap_dir is not None:
             heatmap_path = save_overlay(result, Path(heatmap_dir) / heatmap_name(path.name, result.image_sha256),
                                         alpha=alpha)
+    except StorageError:
+        raise  # the disk, not the file: stop, and the file is tried again after a restart
     except CxrError as err:
         return failure(err)
     except Exception as err:  # noqa: BLE001 - one strange file must not stop the clinic's scanner folder
@@ -230,7 +239,7 @@ def _fail(path: Path, err: BaseException, failed_dir: Path | None) -> WatchOutco
             write_atomic(Path(str(moved) + ERROR_SUFFIX), note.encode("utf-8"))
         else:
             write_atomic(Path(str(path) + ERROR_SUFFIX), note.encode("utf-8"))
-    except OSError as move_err:
+    except (OSError, StorageError) as move_err:
         logger.error("could not move or mark %s: %s", path, move_err)
     return WatchOutcome(path, FAILED, error=str(err), error_code=getattr(err, "code", type(err).__name__),
                         moved_to=moved)
