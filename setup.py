@@ -19,8 +19,10 @@ EXTRAS = {
     "dicom": ["pydicom>=2.4"],
     "web": ["flask>=3.0", "waitress>=3.0"],
     "camera": [],  # picamera2 comes from Raspberry Pi OS: sudo apt install python3-picamera2
-    "train": ["tensorflow==2.21.*", "scikit-learn>=1.3", "matplotlib>=3.7", "tqdm>=4.60",
-              "opencv-python-headless>=4.8"],
+    # No OpenCV: measured against Pillow (python -m benchmarks.opencv_vs_pillow), it matched Pillow's
+    # reduced JPEG decoding and resizing, and its faster overlay was matched by an 8-bit Pillow one;
+    # it would add ~150 MB to a Pi install and a slow import for nothing.
+    "train": ["tensorflow==2.21.*", "scikit-learn>=1.3", "matplotlib>=3.7", "tqdm>=4.60"],
     "dev": ["pytest>=8", "playwright>=1.40", "scikit-image>=0.22", "jsonschema>=4",
             "openapi-spec-validator>=0.7"],
 }

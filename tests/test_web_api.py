@@ -756,18 +756,23 @@ def post(data, name):
         return err.code
 huge = corpus.flat_png(8000, 7999)  # 62 KB, 64 MB once decoded
 normal = open(sys.argv[4], "rb").read()
-statuses = []
-threads = [threading.Thread(target=lambda: statuses.append(post(huge, "huge.png"))) for _ in range(4)]
+statuses, finished = [], []
+def post_huge():
+    statuses.append(post(huge, "huge.png"))
+    finished.append(time.perf_counter())
+threads = [threading.Thread(target=post_huge) for _ in range(4)]
 for thread in threads:
     thread.start()
 time.sleep(0.2)
 started = time.perf_counter()
 normal_status = post(normal, "normal.jpeg")
-normal_s = time.perf_counter() - started
+normal_done = time.perf_counter()
+normal_s = normal_done - started
 for thread in threads:
     thread.join()
 server.close()
 print(json.dumps({"statuses": statuses, "normal": normal_status, "normal_s": normal_s,
+                  "normal_before_last_huge": normal_done < max(finished),
                   "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 """
 
@@ -784,4 +789,5 @@ def test_four_huge_uploads_keep_the_server_bounded_and_a_normal_request_answers(
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["statuses"] == [422] * 4 and result["normal"] == 200
     assert result["peak_rss"] <= 600 * 1024 * 1024, f"peak RSS {result['peak_rss'] / 2**20:.0f} MB"
-    assert result["normal_s"] < 5.0
+    # It does not queue behind the four (timing on a loaded CI machine varies, the order does not).
+    assert result["normal_before_last_huge"] and result["normal_s"] < 60

@@ -22,8 +22,10 @@ from .config import (
 
 logger = logging.getLogger(__name__)
 
-#: Request-handling threads: requests for one model queue on its classifier's lock anyway.
-DEFAULT_THREADS = 4
+#: Request-handling threads: requests for one model queue on its classifier's lock anyway, but a few
+#: slow uploads (huge images wait for the one large-decode slot, see edge_runtime.imaging) must not
+#: take every thread from an ordinary request.
+DEFAULT_THREADS = 8
 
 
 #: waitress's own errors (it answers these before the app sees the request) as API error codes.
