@@ -267,22 +267,34 @@ def test_model_names_resolve(binary_models, monkeypatch, tmp_path):
 
 # -- issue 10: bounded memory, an error object per failed input, quiet start ---------------------
 
+_LAUNCHER = (
+    "import json, os, subprocess, sys\n"
+    "proc = subprocess.Popen(sys.argv[3:], stdout=open(sys.argv[1], 'w'), stderr=open(sys.argv[2], 'w'))\n"
+    "_, status, usage = os.wait4(proc.pid, 0)\n"
+    "print(json.dumps({'code': os.waitstatus_to_exitcode(status), 'maxrss_kib': usage.ru_maxrss}))\n"
+)
+
+
 def _classify_process(paths, env_dir: Path, models_dir: Path) -> tuple[int, str, str, int]:
     """Run ``cxr-edge classify --json`` on inputs in a fresh process: (exit code, stdout, stderr,
-    peak RSS in bytes of that process alone, from os.wait4)."""
+    peak RSS in bytes of that process alone).
+
+    The process is started by a tiny standard-library launcher and measured there with os.wait4:
+    a child's ru_maxrss starts from the RSS of the process it is forked from, so forked straight
+    from a test process that has imported TensorFlow it would report that process's gigabytes.
+    """
     import os
     import tempfile
 
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", "classify", "--no-log", "--json",
-                                 *map(str, paths)], cwd=env_dir, stdout=out, stderr=err, text=True,
-                                env={**os.environ, "CXR_MODELS": str(models_dir)})
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak, not the maximum over all children
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return proc.returncode, out.read(), err.read(), usage.ru_maxrss * 1024
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err = Path(tmp) / "out", Path(tmp) / "err"
+        command = [sys.executable, "-m", "edge_runtime.cli", "classify", "--no-log", "--json", *map(str, paths)]
+        launched = subprocess.run([sys.executable, "-c", _LAUNCHER, str(out), str(err), *command], cwd=env_dir,
+                                  capture_output=True, text=True, env={**os.environ, "CXR_MODELS": str(models_dir)},
+                                  check=True)
+        report = json.loads(launched.stdout)
+        return report["code"], out.read_text(), err.read_text(), report["maxrss_kib"] * 1024
 
 
 @pytest.mark.slow
