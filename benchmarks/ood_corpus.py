@@ -113,7 +113,6 @@ def medical_images() -> dict[str, np.ndarray]:
     out = {}
     try:
         import pydicom
-        from pydicom.data import get_testdata_file  # noqa: F401 - proves the data module exists
     except ImportError:
         return out
     folder = Path(pydicom.__file__).parent / "data" / "test_files"
