@@ -9,7 +9,7 @@ from pathlib import Path
 from setuptools import setup
 
 HERE = Path(__file__).parent
-MODEL_FILES = ["*.tflite", "*.spec.json", "*_labels.txt", "README.md", "MODEL_CARD*.md", "LICENSE*"]
+MODEL_FILES = ["*.tflite", "*.spec.json", "*_labels.txt", "SHA256SUMS", "README.md", "MODEL_CARD*.md", "LICENSE*"]
 
 EXTRAS = {
     # One TFLite interpreter is needed; ai-edge-litert is the maintained one (numpy 2).
@@ -21,6 +21,10 @@ EXTRAS = {
     # fpdf2 writes the PDF report with its built-in (offline) fonts.
     "web": ["flask>=3.0", "waitress>=3.0", "fpdf2>=2.7"],
     "camera": [],  # picamera2 comes from Raspberry Pi OS: sudo apt install python3-picamera2
+    # No OpenCV in the runtime: measured against Pillow (python -m benchmarks.opencv_vs_pillow), it matched
+    # Pillow's reduced JPEG decoding and resizing, and its faster overlay was matched by an 8-bit Pillow one;
+    # it would add ~150 MB to a Pi install and a slow import for nothing. Training uses it: the shift
+    # augmentation (training/augment.py) and the shift check measured ~20x faster than in TensorFlow.
     "train": ["tensorflow==2.21.*", "scikit-learn>=1.3", "matplotlib>=3.7", "tqdm>=4.60",
               "opencv-python-headless>=4.8"],
     "dev": ["pytest>=8", "playwright>=1.40", "scikit-image>=0.22", "jsonschema>=4",

@@ -247,6 +247,10 @@ def compute_targets(results: dict) -> list[dict]:
     peak = _get(results, "coldstart", "peak_rss_bytes_max")
     add("memory.peak_rss", "peak RSS of a fresh edge-runtime process classifying one image",
         None if peak is None else peak / MB, "<=", 150.0, lambda v: f"{v:.1f} MB")
+    hostile = _get(results, "hostile_inputs", "peak_rss_bytes_max")
+    add("memory.hostile_peak_rss", "peak RSS of a fresh edge-runtime process refusing issue 10's hostile inputs "
+        "(8000x7999 RGBA/16-bit/grey PNGs, a 30000^2 PNG, /dev/zero), worst of them",
+        None if hostile is None else hostile / MB, "<=", 250 * 1024 * 1024 / MB, lambda v: f"{v:.1f} MB")
     tf_imported = _get(results, "coldstart", "tensorflow_imported")
     rows.append({"id": "memory.no_tensorflow", "description": "TensorFlow not imported by the edge-runtime process",
                  "measured": None if tf_imported is None else (not tf_imported), "operator": "==", "limit": True,
@@ -586,6 +590,11 @@ def run(args, argv: list[str]) -> dict:
                 results["coldstart"] = measure_coldstart(e2e_models.get("int8_cam") or next(iter(e2e_models.values())),
                                                          images["fullres typical"], settings["coldstart_runs"], 1, gate,
                                                          not args.no_progress)
+                from .memory import measure_hostile_inputs
+
+                logger.info("peak RSS of a fresh process on each of issue 10's hostile inputs")
+                results["hostile_inputs"] = measure_hostile_inputs(
+                    e2e_models.get("int8_cam") or next(iter(e2e_models.values())), gate)
 
             # 7: projection
             reference = next((p for p in peers_info if p.get("reference_only")), None)

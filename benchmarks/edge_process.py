@@ -52,8 +52,14 @@ def run_coldstart(config: dict) -> dict:
     t_imported = time.perf_counter()
     clf = _classifier(config["model"], int(config.get("threads", 1)), bool(config.get("quality_gate", False)))
     t_loaded = time.perf_counter()
-    result = clf.classify(config["image"], heatmap=True)
-    overlay_heatmap(fit_within(result.image, OVERLAY_SIDE), result.heatmap)
+    refused = None
+    try:
+        result = clf.classify(config["image"], heatmap=True)
+        overlay_heatmap(fit_within(result.image, OVERLAY_SIDE), result.heatmap)
+    except Exception as err:  # noqa: BLE001 - hostile inputs are meant to be refused
+        if not config.get("allow_refusal"):
+            raise
+        result, refused = None, getattr(err, "code", type(err).__name__)
     t_done = time.perf_counter()
     return {
         "import_ms": (t_imported - t_start) * 1000.0,
@@ -62,7 +68,8 @@ def run_coldstart(config: dict) -> dict:
         "in_process_total_ms": (t_done - t_start) * 1000.0,
         "vmhwm_kib": _rss_peak_kib(),
         "runtime": clf.runtime,
-        "label": result.label,
+        "label": result.label if result is not None else None,
+        "refused": refused,
         "heavy_modules": heavy_modules_loaded(),
         "modules_loaded": len(sys.modules),
     }

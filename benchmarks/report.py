@@ -404,6 +404,15 @@ def write_markdown(results: dict, path: Path) -> Path:
         lines += [""]
     else:
         lines += ["Not measured.", ""]
+    hostile = results.get("hostile_inputs")
+    if hostile:
+        lines += ["Hostile inputs (issue 10): a fresh process per input, refused from the header or after a "
+                  "reduced decode; limit " + _mb(hostile["limit_bytes"]) + " peak RSS each.", ""]
+        lines += _table(["input", "file size", "refused as", "peak RSS"],
+                        [[name, "-" if v["size_bytes"] is None else f"{v['size_bytes'] / 1024:.0f} KB",
+                          str(v["refused"] or "classified"), _mb(v["peak_rss_bytes"])]
+                         for name, v in hostile["inputs"].items()])
+        lines += [""]
 
     lines += ["## 5. File sizes", ""]
     lines += _table(["file", "what", "bytes", "MB"],

@@ -61,6 +61,9 @@ def _jet_lut() -> np.ndarray:
 JET = _jet_lut()
 
 
+_JET_PALETTE = JET.tobytes()
+
+
 def colorize(cam: np.ndarray) -> np.ndarray:
     """Map a [0, 1] map to RGB uint8 with :data:`JET`."""
     indices = np.clip(np.round(np.asarray(cam) * 255.0), 0, 255).astype(np.uint8)
@@ -77,9 +80,16 @@ def overlay_heatmap(image: np.ndarray, cam: np.ndarray, alpha: float = 0.4) -> n
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    heat = colorize(upsample(cam, image.shape[:2])).astype(np.float32)
-    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * heat
-    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+    height, width = image.shape[:2]
+    # All in 8 bits and in Pillow's C code: upsample the quantised map, colour it through a JET
+    # palette, blend. Within 6 colour levels (1.5 map levels) of the float32 colorize(upsample()) + numpy blend, and
+    # ~10x faster on a 600-pixel panel (python -m benchmarks.opencv_vs_pillow: this makes OpenCV's
+    # applyColorMap + addWeighted unnecessary).
+    levels = np.clip(np.round(np.asarray(cam, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+    heat = Image.fromarray(levels, "L").resize((width, height), Image.Resampling.BILINEAR)
+    heat.putpalette(_JET_PALETTE)
+    blended = Image.blend(Image.fromarray(np.ascontiguousarray(image), "RGB"), heat.convert("RGB"), alpha)
+    return np.asarray(blended)
 
 
 def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 8) -> np.ndarray:

@@ -16,7 +16,7 @@ from .cam import compute_cam
 from .errors import ModelError, ModelIntegrityError
 from .imaging import ImageSource, load_image, prepare_input, read_bytes
 from .interpreter import make_interpreter
-from .spec import ModelSpec, find_spec_for_model, sha256_file
+from .spec import ModelSpec, check_binding, find_spec_for_model, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ class ClassifierOptions:
         heatmap: Compute the heatmap by default in :meth:`Classifier.classify`.
         quality_gate: Refuse images that do not look like chest X-rays (see ``quality``).
         spec_path: Spec sidecar to use; default: the ``*.spec.json`` beside the model listing it.
-        verify_sha256: Refuse a model file whose sha256 differs from the spec's.
+        verify_sha256: Refuse a model file whose sha256 differs from the spec's, or whose
+            embedded spec differs from the sidecar (the binding of model and spec).
         runtime: Force one runtime (``ai_edge_litert``, ``tflite_runtime``, ``tensorflow.lite``).
     """
 
@@ -80,6 +81,7 @@ class Result:
     model_name: str
     model_sha256: str
     quality: dict = dataclasses.field(default_factory=dict)
+    spec_sha256: str = ""
     heatmap: np.ndarray | None = dataclasses.field(default=None, repr=False)
     image: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
@@ -96,6 +98,7 @@ class Result:
             "image_sha256": self.image_sha256,
             "model_name": self.model_name,
             "model_sha256": self.model_sha256,
+            "spec_sha256": self.spec_sha256,
             "quality": dict(self.quality),
         }
 
@@ -143,6 +146,9 @@ class Classifier:
             raise ModelError(f"model file not found: {self.model_path}")
         spec_path = Path(self.options.spec_path) if self.options.spec_path else find_spec_for_model(self.model_path)
         self.spec = ModelSpec.load(spec_path)
+        self.spec_path = Path(spec_path)
+        #: sha256 of the sidecar's bytes, logged with every result (what a checksum list shows).
+        self.spec_sha256 = sha256_file(spec_path)
         self.model_sha256 = sha256_file(self.model_path)
         expected = (self.spec.files or {}).get(self.model_path.name)
         if self.options.verify_sha256:
@@ -152,6 +158,7 @@ class Classifier:
                 raise ModelIntegrityError(
                     f"{self.model_path}: sha256 {self.model_sha256[:16]}... does not match the spec's "
                     f"{expected[:16]}... (file changed, truncated or tampered); re-export or re-download it")
+            check_binding(self.spec, self.model_path, spec_path)
         self._interpreter, self.runtime = make_interpreter(self.model_path, self.options.num_threads,
                                                            self.options.runtime)
         self._lock = threading.Lock()
@@ -275,6 +282,7 @@ class Classifier:
             image_sha256=digest,
             model_name=self.spec.name,
             model_sha256=self.model_sha256,
+            spec_sha256=self.spec_sha256,
             quality=quality,
             heatmap=cam,
             image=rgb,

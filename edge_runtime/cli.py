@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 
 from . import __version__
 from .camera import CameraError
-from .errors import CxrError, ModelError, RuntimeUnavailableError
+from .errors import CxrError, ModelError, RuntimeUnavailableError, StorageError
 from .log import LogError
 
 logger = logging.getLogger("cxr_edge")
@@ -28,7 +28,7 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 #: Files taken from a folder given to ``classify`` (files named explicitly are always tried).
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom")
 #: Errors after which nothing more can be classified: they end the command with exit code 2.
-FATAL_ERRORS = (ModelError, RuntimeUnavailableError, LogError, CameraError)
+FATAL_ERRORS = (ModelError, RuntimeUnavailableError, LogError, CameraError, StorageError)
 #: Environment variable naming the demo's sample folder.
 SAMPLES_ENV = "CXR_SAMPLES"
 
@@ -36,13 +36,14 @@ _EPILOG = """\
 exit codes:
   0    every input was classified
   1    some inputs could not be classified (unreadable, or not a chest X-ray); the others were
-  2    usage error, or the model, runtime, camera or screening log could not be used
+  2    usage error, or the model, runtime, camera, screening log or output folder could not be used
   130  interrupted (Ctrl+C)
 
 environment:
   CXR_MODELS   folder of shipped models (*.tflite with their *.spec.json)
   CXR_LOG      screening log file (default ~/.local/share/cxr-edge/screenings.db)
   CXR_SAMPLES  sample X-rays for `cxr-edge demo`
+  CXR_TOKEN    the web server's shared secret (`cxr-edge serve`; or --token-file)
 
 A screening aid, not a diagnosis: every positive result must be reviewed by a clinician.
 """
@@ -164,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between scans (default: %(default)s)")
     p.add_argument("--settle", type=_non_negative_float, default=2.0,
                    help="seconds a file must stay unchanged before it is read (default: %(default)s)")
+    p.add_argument("--grace", type=_non_negative_float, default=30.0,
+                   help="a file that reads as truncated or undecodable is read again whenever it changes, and "
+                        "failed only after staying unchanged this many seconds (default: %(default)s)")
     p.add_argument("--once", action="store_true", help="handle the files present, then exit")
     p.add_argument("--json", action="store_true", help="print one JSON object per file")
     p.set_defaults(handler=cmd_watch)
@@ -211,8 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
             parents=(_common_options(omit=("heatmap", "alpha", "no-log", "ref")),))
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     p.add_argument("--port", type=int, default=8080, help="TCP port (default: %(default)s)")
-    p.add_argument("--token", default=os.environ.get("CXR_TOKEN"),
-                   help="shared secret required from clients (needed for a non-loopback --host; default: $CXR_TOKEN)")
+    token = p.add_mutually_exclusive_group()
+    token.add_argument("--token-file", type=Path, metavar="FILE",
+                       help="file holding the shared secret required from clients (needed for a non-loopback "
+                            "--host; one line, e.g. `openssl rand -hex 16 > FILE; chmod 600 FILE`); default: "
+                            "$CXR_TOKEN")
+    token.add_argument("--token", help="the secret itself (not recommended: other users see it in `ps`; use "
+                                       "--token-file or $CXR_TOKEN)")
     p.add_argument("--models", type=Path, metavar="DIR", help="models folder to offer (default: the shipped models)")
     p.set_defaults(handler=cmd_serve)
 
@@ -321,6 +330,7 @@ def open_camera(args):
 def _row(result, path: str, heatmap, row_id) -> dict:
     data = {
         "path": path,
+        "status": "classified",
         "label": result.label,
         "probabilities": {k: round(float(v), 6) for k, v in result.probabilities.items()},
         "score": round(float(result.score), 6),
@@ -365,12 +375,14 @@ def _classify_one(classifier, log, source, name: str, heatmap_dir: Path | None, 
     return result, heatmap, row_id
 
 
-def expand_inputs(paths: Iterable[Path], recursive: bool = False) -> tuple[list[Path], list[Path]]:
+def expand_inputs(paths: Iterable[Path], recursive: bool = False,
+                  loops: list[Path] | None = None) -> tuple[list[Path], list[Path]]:
     """(files to classify, files skipped): files named, and image files inside folders named.
 
     In folders, files with an image suffix or no suffix at all (DICOM files often have none)
     are taken, sorted; other files are returned as skipped and hidden files ignored. A missing
-    path is taken as is (its error is reported when it is read).
+    path is taken as is (its error is reported when it is read). Symbolic links inside the
+    folders that loop (or point nowhere) are appended to ``loops`` when it is given.
     """
     taken, skipped = [], []
     for path in paths:
@@ -379,13 +391,29 @@ def expand_inputs(paths: Iterable[Path], recursive: bool = False) -> tuple[list[
             continue
         walker = path.rglob("*") if recursive else path.iterdir()
         for child in sorted(walker):
-            if child.name.startswith(".") or not child.is_file():
+            if child.name.startswith("."):
+                continue
+            if not child.is_file():
+                if loops is not None and child.is_symlink() and not child.exists():
+                    loops.append(child)
                 continue
             if child.suffix.lower() in IMAGE_SUFFIXES or child.suffix == "":
                 taken.append(child)
             else:
                 skipped.append(child)
     return taken, skipped
+
+
+def _report_loops(loops: list[Path]) -> None:
+    if loops:
+        _err(f"skipped {len(loops)} symbolic link(s) that loop or point nowhere: "
+             + ", ".join(str(p) for p in loops[:5]) + (" ..." if len(loops) > 5 else ""))
+
+
+def _failure_row(path: str, err: BaseException) -> dict:
+    """The JSON line of an input that could not be classified (``--json`` prints one per input)."""
+    return {"path": path, "status": "failed", "error": _error_text(path, err).rsplit(" [", 1)[0],
+            "code": getattr(err, "code", "error")}
 
 
 # --------------------------------------------------------------------------------------------
@@ -399,7 +427,10 @@ def cmd_classify(args) -> int:
     try:
         if not args.json:
             _out(_TABLE_HEADER)
-        files, skipped = expand_inputs(args.paths, args.recursive)
+        loops: list[Path] = []
+        files, skipped = expand_inputs(args.paths, args.recursive, loops)
+        _report_loops(loops)
+        failed += len(loops)
         if skipped:
             _err(f"skipped {len(skipped)} file(s) without an image suffix in the folders given: "
                  + ", ".join(p.name for p in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
@@ -412,6 +443,8 @@ def cmd_classify(args) -> int:
             except Exception as err:  # noqa: BLE001 - one bad file must not stop the batch
                 failed += 1
                 _report_failure(str(path), err)
+                if args.json:  # a script reading stdout sees every input, failed ones included
+                    _out(json.dumps(_failure_row(str(path), err)))
                 continue
             ok += 1
             row = _row(result, str(path), heatmap, row_id)
@@ -424,7 +457,7 @@ def cmd_classify(args) -> int:
         print(f"{ok} classified, {failed} failed", file=sys.stderr, flush=True)
     if ok and not args.json:
         _err(score_meaning(classifier.spec.negative_label))
-    if ok + failed == 0:
+    if ok + failed == 0 and not loops:
         _err("error: no image files found in " + ", ".join(str(p) for p in args.paths))
         nested = [p for p in args.paths if p.is_dir() and any(c.is_dir() for c in p.iterdir())]
         if nested and not args.recursive:
@@ -451,7 +484,8 @@ def cmd_watch(args) -> int:
             _out(_TABLE_HEADER)
         for outcome in watch_folder(args.folder, classifier, log, processed_dir=args.processed,
                                     failed_dir=args.failed, heatmap_dir=args.heatmap, poll_interval=args.interval,
-                                    settle_seconds=args.settle, stop_event=stop, once=args.once, alpha=args.alpha):
+                                    settle_seconds=args.settle, stop_event=stop, once=args.once, alpha=args.alpha,
+                                    grace_seconds=args.grace):
             if outcome.status == CLASSIFIED:
                 row = _row(outcome.result, str(outcome.path), outcome.heatmap_path, outcome.row_id)
                 _out(json.dumps(row) if args.json else _table_line(row))
@@ -595,7 +629,9 @@ def cmd_demo(args) -> int:
         _err(f"error: no sample X-rays at {' or '.join(str(c) for c in candidates)}. Pass --samples DIR (a folder "
              f"with NORMAL/ and PNEUMONIA/ sub-folders) or set ${SAMPLES_ENV}")
         return EXIT_ERROR
-    files, _ = expand_inputs([samples], recursive=True)
+    loops: list[Path] = []
+    files, _ = expand_inputs([samples], recursive=True, loops=loops)
+    _report_loops(loops)
     if not files:
         _err(f"error: no images in {samples}")
         return EXIT_ERROR
@@ -651,6 +687,28 @@ def cmd_demo(args) -> int:
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
+def read_token(args) -> str | None:
+    """The server's token: ``--token-file`` (one line, trailing newline dropped), ``--token``, or
+    ``$CXR_TOKEN``; ``None`` when none is given.
+
+    Raises:
+        ValueError: the token file cannot be read.
+    """
+    if args.token_file is not None:
+        try:
+            text = args.token_file.read_text(encoding="utf-8")
+            mode = args.token_file.stat().st_mode
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"cannot read the token file {args.token_file}: {err}") from err
+        if mode & 0o077:
+            logger.warning("the token file %s is readable by other users: chmod 600 it", args.token_file)
+        return text.rstrip("\r\n")
+    if args.token is not None:
+        logger.warning("--token is visible to every user of this machine in `ps`; prefer --token-file or $CXR_TOKEN")
+        return args.token
+    return os.environ.get("CXR_TOKEN")
+
+
 def cmd_serve(args) -> int:
     """``cxr-edge serve``: the clinic web page and JSON API (:func:`edge_runtime.web.serve`)."""
     from .models import find_models_dir, resolve_model
@@ -675,7 +733,8 @@ def cmd_serve(args) -> int:
         logging.getLogger("edge_runtime.web").addHandler(handler)
         logging.getLogger("edge_runtime.web").propagate = False
     try:
-        web.serve(host=args.host, port=args.port, models=str(models_dir), token=args.token,
+        token = read_token(args)
+        web.serve(host=args.host, port=args.port, models=str(models_dir), token=token,
                   log_path=args.log or default_log_path(), num_threads=args.threads, precision=precision,
                   default_model=spec.name, quality_gate=not args.no_quality_gate,
                   patient_reference=args.store_identifiers)

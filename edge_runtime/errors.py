@@ -14,6 +14,18 @@ class InvalidImageError(CxrError):
     code = "invalid_image"
 
 
+class InputNotFoundError(InvalidImageError):
+    """The input file does not exist (or vanished before it could be read)."""
+
+    code = "file_not_found"
+
+
+class NotARegularFileError(InvalidImageError):
+    """The input is a folder, device, FIFO or socket: only regular files are read."""
+
+    code = "not_a_regular_file"
+
+
 class UnsupportedFormatError(InvalidImageError):
     """The input is a known format this runtime does not read (PDF, compressed DICOM ...)."""
 
@@ -53,6 +65,13 @@ class ModelIntegrityError(ModelError):
     """The model file does not match the sha256 recorded in its spec (tampered or truncated)."""
 
     code = "model_integrity"
+
+
+class StorageError(CxrError):
+    """An output (heatmap, moved file) cannot be written: disk full, read-only or missing folder.
+    Fatal for a batch or a watcher: going on would only fail every following file the same way."""
+
+    code = "storage_error"
 
 
 class RuntimeUnavailableError(CxrError):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+import os
+import sys
+import tempfile
 
 from .errors import ModelError, RuntimeUnavailableError
 
@@ -49,6 +53,37 @@ def find_interpreter_class(prefer: str | None = None):
         "or on an older Raspberry Pi OS `pip install tflite-runtime 'numpy<2'`. Tried: " + "; ".join(errors))
 
 
+#: Lines the TFLite C++ runtime prints to stderr on every start, which are not news to anyone.
+_NATIVE_NOISE = ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
+
+
+@contextlib.contextmanager
+def _filtered_native_stderr():
+    """Capture what native code writes to file descriptor 2 while the interpreter is created, and
+    pass everything on except the XNNPACK "INFO" line (no environment variable silences it)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield  # no usable fd 2 (an embedded interpreter): nothing to filter
+        return
+    capture = tempfile.TemporaryFile()
+    try:
+        os.dup2(capture.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        capture.seek(0)
+        text = capture.read().decode("utf-8", errors="replace")
+        capture.close()
+        for line in text.splitlines():
+            if line.strip() in _NATIVE_NOISE:
+                logger.debug("%s", line.strip())
+            elif line:
+                print(line, file=sys.stderr, flush=True)
+
+
 def make_interpreter(model_path: str, num_threads: int = 1, prefer: str | None = None):
     """Create and allocate an interpreter for ``model_path``.
 
@@ -61,8 +96,9 @@ def make_interpreter(model_path: str, num_threads: int = 1, prefer: str | None =
     """
     interpreter_class, runtime = find_interpreter_class(prefer)
     try:
-        interpreter = interpreter_class(model_path=str(model_path), num_threads=int(num_threads))
-        interpreter.allocate_tensors()
+        with _filtered_native_stderr():
+            interpreter = interpreter_class(model_path=str(model_path), num_threads=int(num_threads))
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as err:
         raise ModelError(f"{model_path}: not a valid TFLite model for {runtime}: {err}") from err
     logger.debug("loaded %s with %s (%d threads)", model_path, runtime, num_threads)

@@ -21,17 +21,20 @@ PathLike = Union[str, os.PathLike]
 
 #: Environment variable naming the log file (used by the CLI).
 LOG_PATH_ENV = "CXR_LOG"
-#: Schema version kept in ``PRAGMA user_version``. Version 2 added ``instance_sha256``
-#: (older files are migrated in place when opened).
+#: Schema version kept in ``PRAGMA user_version``. Version 2 added ``instance_sha256`` and
+#: ``spec_sha256``; version 1 logs are migrated in place when opened, every row kept.
 SCHEMA_VERSION = 2
 
 #: Columns of schema version 1, in table order.
 COLUMNS_V1 = ("id", "time", "source", "image_sha256", "label", "probabilities", "score", "threshold", "decision",
               "model_name", "model_sha256", "heatmap_path", "latency_ms", "patient_id")
-#: Columns, in table and CSV order.
-COLUMNS = COLUMNS_V1 + ("instance_sha256",)
-#: Columns left out of the CSV (``patient_id`` too, unless the log stores patient references).
-_CSV_HIDDEN = ("instance_sha256",)
+#: Columns added by schema version 2, in table order.
+COLUMNS_ADDED_V2 = ("instance_sha256", "spec_sha256")
+#: Columns, in table order.
+COLUMNS = COLUMNS_V1 + COLUMNS_ADDED_V2
+#: Columns left out of the CSV: the DICOM instance key, and ``heatmap_path`` (a path on this machine);
+#: ``patient_id`` too, unless the log stores patient references.
+_CSV_HIDDEN = ("instance_sha256", "heatmap_path")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS screenings (
@@ -49,7 +52,8 @@ CREATE TABLE IF NOT EXISTS screenings (
     heatmap_path  TEXT,
     latency_ms    REAL,
     patient_id    TEXT,              -- the patient reference; NULL unless store_patient_ids=True
-    instance_sha256 TEXT             -- sha256 of a DICOM SOP Instance UID (schema 2), else NULL
+    instance_sha256 TEXT,            -- sha256 of a DICOM SOP Instance UID (schema 2), else NULL
+    spec_sha256   TEXT               -- sha256 of the spec sidecar the result was computed with (schema 2)
 );
 """
 # Indexes, created after any migration (the instance index needs the version-2 column).
@@ -72,6 +76,18 @@ class LogError(CxrError):
     """The screening log cannot be opened or written (not a database, read-only, disk full)."""
 
     code = "log_error"
+
+
+def _hint(err: BaseException) -> str:
+    """What to do about the commonest storage faults on a Pi, from SQLite's message."""
+    text = str(err).lower()
+    if "full" in text:
+        return " (the disk is full: free space on it, then run again)"
+    if "readonly" in text or "read-only" in text or "unable to open" in text or "permission" in text:
+        return " (is the log's folder writable, and the disk mounted read-write?)"
+    if "disk i/o" in text:
+        return " (the storage reported an I/O error: check the SD card or disk)"
+    return ""
 
 
 def default_log_path() -> Path:
@@ -147,9 +163,14 @@ class ScreeningLog:
             self._conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None,
                                          check_same_thread=False)
         except (OSError, sqlite3.Error) as err:
-            raise LogError(f"cannot open the screening log {self.path}: {err}") from err
+            raise LogError(f"cannot open the screening log {self.path}: {err}{_hint(err)}") from err
         try:
             self._conn.row_factory = sqlite3.Row
+            # A damaged file (power cut on a cheap SD card) is refused at start with what to do,
+            # rather than failing at the first patient. Costs ~1 ms per MB of log.
+            check = self._conn.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(check.splitlines()[0])
             mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 logger.warning("%s: journal mode is %s, not WAL (network file system?)", self.path, mode)
@@ -161,10 +182,11 @@ class ScreeningLog:
                                f"{SCHEMA_VERSION}: upgrade cxr-edge")
             self._conn.executescript(_SCHEMA)
             columns = [row[1] for row in self._conn.execute("PRAGMA table_info(screenings)")]
-            if tuple(columns) == COLUMNS_V1:  # schema 1: add the column in place, rows kept
+            if tuple(columns) == COLUMNS_V1:  # schema 1: add the columns in place, rows kept
                 logger.info("%s: migrating the screening log from schema 1 to %d", self.path, SCHEMA_VERSION)
                 self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.execute("ALTER TABLE screenings ADD COLUMN instance_sha256 TEXT")
+                for column in COLUMNS_ADDED_V2:
+                    self._conn.execute(f"ALTER TABLE screenings ADD COLUMN {column} TEXT")
                 self._conn.execute("COMMIT")
                 columns = [row[1] for row in self._conn.execute("PRAGMA table_info(screenings)")]
             self._conn.executescript(_INDEXES)
@@ -173,7 +195,12 @@ class ScreeningLog:
                 raise LogError(f"{self.path}: table 'screenings' has columns {columns}, expected {list(COLUMNS)}")
         except sqlite3.DatabaseError as err:
             self._conn.close()
-            raise LogError(f"{self.path} is not a usable screening log: {err}") from err
+            if isinstance(err, sqlite3.OperationalError):  # read-only folder, locked, I/O error
+                raise LogError(f"cannot open the screening log {self.path}: {err}{_hint(err)}") from err
+            raise LogError(
+                f"{self.path} is not a usable screening log ({err}); nothing was written to it. If it is a "
+                f"damaged log, move it aside (mv '{self.path}' '{self.path}.damaged') to start a new one, and "
+                f"salvage its rows with: sqlite3 '{self.path}.damaged' .recover | sqlite3 recovered.db") from err
         except LogError:
             self._conn.close()
             raise
@@ -223,6 +250,7 @@ class ScreeningLog:
             None if latency is None else float(latency),
             None if patient_id is None or not str(patient_id).strip() else str(patient_id).strip(),
             None if instance_uid is None else instance_key(instance_uid),
+            _field(result, "spec_sha256") or None,
         )
         with self._lock:
             conn = self._connection()
@@ -238,7 +266,8 @@ class ScreeningLog:
                         conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as err:
-                raise LogError(f"could not write to the screening log {self.path}: {err}") from err
+                raise LogError(f"could not write to the screening log {self.path}: {err}{_hint(err)}; "
+                               "this result was NOT recorded") from err
             return int(cursor.lastrowid)
 
     # -- reading ---------------------------------------------------------------------------
@@ -293,7 +322,9 @@ class ScreeningLog:
         return [self._to_dict(row) for row in rows]
 
     def get(self, row_id: int) -> dict | None:
-        """One row by id, or None."""
+        """One row by id, or None (also for ids SQLite cannot hold, such as 99999999999999999999999)."""
+        if not 0 < int(row_id) < 2**63:
+            return None
         rows = self._query("SELECT * FROM screenings WHERE id = ?", (int(row_id),))
         return self._to_dict(rows[0]) if rows else None
 
@@ -327,7 +358,8 @@ class ScreeningLog:
         """Write the log (oldest first) as CSV with a header row.
 
         ``probabilities`` is a JSON object; the ``patient_id`` column (the patient reference) is
-        included only when the log stores patient references. Text cells that a spreadsheet would run as a formula are
+        included only when the log stores patient references; ``heatmap_path`` (a path on this machine)
+        never is. Text cells that a spreadsheet would run as a formula are
         prefixed with ``'``.
 
         Args:

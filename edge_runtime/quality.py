@@ -62,8 +62,70 @@ MAX_FLAT_FRACTION = 0.55
 #: asked to be cropped).
 MAX_BLACK_FRACTION = 0.5
 
+#: Spectral bands (radial frequency, cycles per pixel of the 256-pixel analysis copy) of the texture
+#: signature: the log power of each band relative to the coarsest one, i.e. how detail is spread
+#: over scales. Radiographs have their own balance (soft anatomy, fine rib and vessel texture, film
+#: grain); pixel noise, blurred noise, synthetic ramps, text and most photographs do not.
+SPECTRUM_EDGES = (1 / 128, 1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 0.5, 0.71)
+#: Envelope of that signature (bands 1-6; band 0 is the reference): the 0.025th and 99.975th
+#: percentiles of each band over 13,583 real chest X-rays (all of chest_xray/train, covid19 and
+#: adult_cxr, and the 24 full-resolution originals; `python -m benchmarks.quality_gate --fit`).
+SPECTRUM_LOW = (-2.142, -3.159, -4.221, -5.248, -6.758, -7.749)
+SPECTRUM_HIGH = (-0.351, -1.373, -2.216, -3.224, -4.523, -5.686)
+#: Side of the layout thumbnail compared with the average chest film.
+TEMPLATE_SIDE = 16
+#: The average frontal chest film: mean of the zero-mean, unit-norm 16 x 16 thumbnails of every
+#: second real X-ray of the sets above (row-major; `python -m benchmarks.quality_gate --fit`).
+CHEST_TEMPLATE = (
+    -0.1333, -0.1167, -0.1092, -0.0994, -0.0818, -0.0424, 0.0064, 0.0367, 0.0378, 0.0100, -0.0373, -0.0792, -0.0979, -0.1072, -0.1185, -0.1332,
+    -0.1073, -0.0784, -0.0620, -0.0489, -0.0367, -0.0196, 0.0066, 0.0313, 0.0326, 0.0093, -0.0180, -0.0366, -0.0486, -0.0608, -0.0784, -0.1074,
+    -0.0713, -0.0373, -0.0163, -0.0054, -0.0068, -0.0142, -0.0024, 0.0275, 0.0316, -0.0002, -0.0167, -0.0091, -0.0067, -0.0174, -0.0382, -0.0708,
+    -0.0496, -0.0159, 0.0069, 0.0100, -0.0137, -0.0335, -0.0153, 0.0281, 0.0359, -0.0118, -0.0361, -0.0188, 0.0045, 0.0035, -0.0176, -0.0485,
+    -0.0423, -0.0104, 0.0148, 0.0078, -0.0326, -0.0530, -0.0248, 0.0328, 0.0450, -0.0146, -0.0522, -0.0364, 0.0008, 0.0102, -0.0133, -0.0424,
+    -0.0453, -0.0120, 0.0167, -0.0004, -0.0455, -0.0583, -0.0234, 0.0412, 0.0564, -0.0024, -0.0502, -0.0452, -0.0062, 0.0121, -0.0148, -0.0460,
+    -0.0553, -0.0167, 0.0161, -0.0098, -0.0517, -0.0531, -0.0097, 0.0540, 0.0677, 0.0192, -0.0341, -0.0453, -0.0126, 0.0119, -0.0184, -0.0553,
+    -0.0663, -0.0217, 0.0132, -0.0186, -0.0526, -0.0425, 0.0076, 0.0674, 0.0795, 0.0404, -0.0104, -0.0379, -0.0171, 0.0093, -0.0229, -0.0679,
+    -0.0782, -0.0257, 0.0084, -0.0236, -0.0466, -0.0275, 0.0227, 0.0787, 0.0901, 0.0590, 0.0159, -0.0221, -0.0176, 0.0053, -0.0267, -0.0795,
+    -0.0892, -0.0289, 0.0029, -0.0228, -0.0336, -0.0135, 0.0346, 0.0878, 0.0984, 0.0732, 0.0403, -0.0003, -0.0134, 0.0007, -0.0303, -0.0888,
+    -0.0975, -0.0329, -0.0018, -0.0141, -0.0133, 0.0043, 0.0475, 0.0950, 0.1044, 0.0808, 0.0561, 0.0197, -0.0059, -0.0036, -0.0355, -0.0971,
+    -0.1056, -0.0376, -0.0014, 0.0044, 0.0162, 0.0325, 0.0653, 0.1027, 0.1095, 0.0863, 0.0657, 0.0357, 0.0052, -0.0053, -0.0416, -0.1058,
+    -0.1130, -0.0410, 0.0078, 0.0339, 0.0553, 0.0702, 0.0884, 0.1118, 0.1149, 0.0935, 0.0775, 0.0539, 0.0230, -0.0010, -0.0468, -0.1138,
+    -0.1187, -0.0409, 0.0241, 0.0632, 0.0859, 0.0973, 0.1061, 0.1198, 0.1204, 0.1039, 0.0926, 0.0758, 0.0474, 0.0113, -0.0486, -0.1197,
+    -0.1213, -0.0382, 0.0371, 0.0795, 0.1011, 0.1112, 0.1164, 0.1250, 0.1242, 0.1121, 0.1029, 0.0892, 0.0659, 0.0252, -0.0468, -0.1226,
+    -0.1180, -0.0338, 0.0431, 0.0842, 0.1045, 0.1133, 0.1174, 0.1233, 0.1218, 0.1118, 0.1035, 0.0916, 0.0715, 0.0331, -0.0436, -0.1196,
+)
+#: Correlation with CHEST_TEMPLATE below which the layout is not a frontal chest film: the 0.05th
+#: percentile over the same 13,583 X-rays (photos, documents and lateral or other views fall below).
+MIN_CHEST_SIMILARITY = -0.037
+
 _HIST_BINS = 32
 _BLOCK = 16
+_FREQ = np.hypot(np.fft.fftfreq(ANALYSIS_SIDE)[:, None], np.fft.fftfreq(ANALYSIS_SIDE)[None, :])
+_BAND = np.digitize(_FREQ, SPECTRUM_EDGES) - 1
+_BAND_MASKS = [(_BAND == b) for b in range(len(SPECTRUM_EDGES) - 1)]
+_WINDOW = (np.hanning(ANALYSIS_SIDE)[:, None] * np.hanning(ANALYSIS_SIDE)[None, :]).astype(np.float32)
+
+
+def spectrum_signature(lum8: np.ndarray) -> np.ndarray:
+    """Log10 power of each SPECTRUM_EDGES band of the (ANALYSIS_SIDE^2) luminance, relative to the first."""
+    x = lum8.astype(np.float32)
+    x -= x.mean()
+    power = np.abs(np.fft.rfft2(x * _WINDOW)) ** 2
+    full = np.concatenate([power, power[:, -2:0:-1][np.r_[0, ANALYSIS_SIDE - 1:0:-1]]], axis=1)
+    bands = np.array([full[mask].mean() for mask in _BAND_MASKS], dtype=np.float64)
+    bands = np.log10(bands + 1e-9)
+    return bands - bands[0]
+
+
+def layout_thumbnail(lum8: np.ndarray) -> np.ndarray:
+    """Zero-mean, unit-norm TEMPLATE_SIDE^2 thumbnail (box filter) of the analysis luminance, flattened."""
+    thumb = np.asarray(Image.fromarray(lum8, "L").resize((TEMPLATE_SIDE, TEMPLATE_SIDE), Image.Resampling.BOX),
+                       dtype=np.float64).ravel()
+    thumb -= thumb.mean()
+    return thumb / (np.linalg.norm(thumb) + 1e-9)
+
+
+_TEMPLATE = None if CHEST_TEMPLATE is None else np.asarray(CHEST_TEMPLATE, dtype=np.float64)
 
 
 def _analysis_images(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -147,6 +209,8 @@ def measure(rgb: np.ndarray) -> dict:
     block_mean = blocks.mean(axis=(1, 3))
     block_std = np.sqrt(np.maximum((blocks * blocks).mean(axis=(1, 3)) - block_mean * block_mean, 0.0))
     mid_grey = (block_mean > p1 + 0.15 * scale) & (block_mean < p99 - 0.15 * scale)
+    spectrum = spectrum_signature(lum8)
+    similarity = float(layout_thumbnail(lum8) @ _TEMPLATE) if _TEMPLATE is not None else None
     return {
         "width": int(width),
         "height": int(height),
@@ -162,6 +226,8 @@ def measure(rgb: np.ndarray) -> dict:
         "gradient_p90": round(gradient_p90, 5),
         "flat_fraction": round(float(np.mean((block_std < 0.02 * scale) & mid_grey)), 4),
         "black_fraction": round(float(counts[:8].sum()) / lum8.size, 4),
+        **{f"spectrum_b{b}": round(float(spectrum[b]), 4) for b in range(1, len(spectrum))},
+        "chest_similarity": None if similarity is None else round(similarity, 4),
     }
 
 
@@ -203,6 +269,17 @@ def _verdict(m: dict) -> tuple[str, str, str] | None:
     if m["gradient_p90"] < MIN_GRADIENT_P90:
         return ("not_xray", "gradient_p90",
                 "image is too smooth to be a radiograph (a synthetic gradient or a heavily blurred picture)")
+    if SPECTRUM_LOW is not None:
+        for b, (low, high) in enumerate(zip(SPECTRUM_LOW, SPECTRUM_HIGH), start=1):
+            value = m.get(f"spectrum_b{b}")
+            if value is not None and not low <= value <= high:
+                return ("not_xray", "spectrum",
+                        f"its texture is unlike a radiograph's (detail at scale {b}: {value:.2f}, radiographs "
+                        f"{low:.2f} to {high:.2f}): noise, a synthetic pattern, text or a photograph?")
+    if m.get("chest_similarity") is not None and m["chest_similarity"] < MIN_CHEST_SIMILARITY:
+        return ("not_xray", "chest_similarity",
+                f"its layout does not resemble a frontal chest film (similarity {m['chest_similarity']:.2f} < "
+                f"{MIN_CHEST_SIMILARITY}); lateral views and other body parts are not screened")
     return None
 
 

@@ -15,6 +15,9 @@ SPEC_VERSION = 1
 
 #: Suffix of the JSON sidecar written next to the model files.
 SPEC_SUFFIX = ".spec.json"
+#: Name of the spec copy embedded in every exported ``.tflite`` (a zip appended to the flatbuffer,
+#: as TFLite metadata's associated files are): it binds the model to its sidecar.
+EMBEDDED_SPEC_NAME = "model_spec.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,3 +192,66 @@ def find_spec_for_model(model_path: str | Path) -> Path:
         f"{[c.name for c in candidates] or 'no *' + SPEC_SUFFIX + ' files'}); the runtime refuses a "
         "model without its spec: export it with `python -m export` or pass spec_path"
     )
+
+
+def embedded_spec_dict(spec: ModelSpec) -> dict:
+    """What a model file embeds of its spec: every field but ``files`` (a file cannot hold its own
+    sha256; the sidecar's ``files`` binds the other way, sidecar -> file)."""
+    data = spec.to_dict()
+    data.pop("files", None)
+    return data
+
+
+def read_embedded_spec(model_path: str | Path) -> dict | None:
+    """The spec embedded in a ``.tflite`` file (``model_spec.json`` in the zip appended to it), or
+    ``None`` when the file carries none (exported before models were bound to their spec).
+
+    Raises:
+        ModelError: the embedded copy exists but is not valid JSON.
+    """
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(model_path) as archive:
+            if EMBEDDED_SPEC_NAME not in archive.namelist():
+                return None
+            raw = archive.read(EMBEDDED_SPEC_NAME)
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ModelError(f"{model_path}: the embedded {EMBEDDED_SPEC_NAME} is not valid JSON: {err}") from err
+    return data
+
+
+def check_binding(spec: ModelSpec, model_path: str | Path, spec_path: str | Path | None = None) -> None:
+    """Refuse a model whose embedded spec differs from its sidecar ``spec``.
+
+    With the sidecar's sha256 of the model file, this makes any edit to either file fail: an edited
+    model no longer matches the sidecar's sha256, an edited sidecar (labels reversed, a threshold
+    moved) no longer matches the copy inside the model.
+
+    Raises:
+        ModelIntegrityError: no embedded spec, or one that differs (the fields are named).
+    """
+    from .errors import ModelIntegrityError
+
+    model_path = Path(model_path)
+    where = spec_path or f"the spec of {model_path.name}"
+    embedded = read_embedded_spec(model_path)
+    if embedded is None:
+        raise ModelIntegrityError(
+            f"{model_path}: carries no embedded {EMBEDDED_SPEC_NAME}, so nothing shows that {where} belongs to "
+            "it (exported before cxr-edge bound models to their spec): re-export it with `python -m export`, or "
+            "bind existing files with `python -m export.binding --assets <folder>`")
+    try:
+        embedded_dict = embedded_spec_dict(ModelSpec.from_dict(embedded))
+    except ModelError as err:
+        raise ModelIntegrityError(f"{model_path}: its embedded spec is invalid: {err}") from err
+    sidecar = embedded_spec_dict(spec)
+    differing = sorted(k for k in set(sidecar) | set(embedded_dict) if sidecar.get(k) != embedded_dict.get(k))
+    if differing:
+        raise ModelIntegrityError(
+            f"{where} differs from the spec embedded in {model_path.name} in {differing}: the sidecar was edited "
+            "or belongs to another model; refusing to run (re-download both files, or re-export)")

@@ -120,9 +120,14 @@ def export_model(args) -> dict:
     spec = spec.replace(cam_weights=tuple(tuple(row) for row in kernel.tolist()), cam_bias=tuple(bias.tolist()))
     spec_path = stage / f"{name}.spec.json"
     spec.save(spec_path)
-    if not args.no_metadata:
-        for variant in ANDROID_VARIANTS:
-            attach_metadata(stage / f"{name}_{variant}.tflite", spec_path, labels_path, args.metadata_python)
+    from .binding import embed_spec
+
+    with_metadata = set() if args.no_metadata else {f"{name}_{variant}.tflite" for variant in ANDROID_VARIANTS}
+    for filename in files:
+        if filename in with_metadata:  # the metadata writer embeds model_spec.json with the labels
+            attach_metadata(stage / filename, spec_path, labels_path, args.metadata_python)
+        else:  # every other file gets the same copy appended: the runtime refuses a model without it
+            embed_spec(stage / filename, spec)
     spec = spec.replace(files={f: sha256_file(stage / f) for f in [*files, labels_path.name]})
     spec.save(spec_path)
 
@@ -164,6 +169,9 @@ def export_model(args) -> dict:
     if not failures or args.force:
         for path in stage.iterdir():
             shutil.move(str(path), args.out / path.name)
+        from .binding import write_checksums
+
+        write_checksums(args.out)  # the list a clinic checks a model update against
     shutil.rmtree(stage, ignore_errors=True)
     if not failures:
         from .model_card import load_by_source, write_model_card

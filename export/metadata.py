@@ -49,6 +49,7 @@ from edge_runtime.errors import (
     ModelError,
     RuntimeUnavailableError,
 )
+from edge_runtime.spec import EMBEDDED_SPEC_NAME as _RUNTIME_EMBEDDED_SPEC_NAME
 from edge_runtime.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ DEFAULT_VENV = REPO_ROOT / ".venv-metadata"
 PYTHON_ENV_VAR = "CXR_METADATA_PYTHON"
 
 #: Name of the embedded ModelSpec JSON (a model-level associated file of type DESCRIPTIONS).
-EMBEDDED_SPEC_NAME = "model_spec.json"
+EMBEDDED_SPEC_NAME = _RUNTIME_EMBEDDED_SPEC_NAME
 INPUT_TENSOR_NAME = "image"
 OUTPUT_TENSOR_NAME = "probability"
 #: Identity normalisation: 0..255 pixels go in, the graph scales them (see the module comment).
@@ -237,10 +238,11 @@ def _check_model_matches(spec: ModelSpec, labels: list[str], inputs: list[dict],
 
 
 def _embedded_spec_json(spec: ModelSpec) -> str:
-    data = spec.to_dict()
-    # A file cannot carry its own sha256, so the hashes stay in the sidecar spec only.
-    data.pop("files", None)
-    return json.dumps(data, indent=2) + "\n"
+    # A file cannot carry its own sha256, so the hashes stay in the sidecar spec only; the
+    # runtime checks this copy against the sidecar (edge_runtime.spec.check_binding).
+    from .binding import embedded_spec_json
+
+    return embedded_spec_json(spec)
 
 
 def write_metadata(

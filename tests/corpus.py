@@ -155,3 +155,36 @@ def dicom_compressed() -> bytes:
 
 def dicom_rgb() -> bytes:
     return dicom_bytes(np.zeros((64, 64, 3), np.uint8), "RGB")
+
+
+def flat_png(width: int, height: int, *, colour_type: int = 0, bit_depth: int = 8, value: int = 0) -> bytes:
+    """A PNG of ``width`` x ``height`` constant pixels (grey 0, RGB 2, RGBA 6; 8 or 16 bits), compressed
+    row by row so that building an 8000 x 8000 file costs no more memory than one row."""
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}[colour_type]
+    row = b"\x00" + bytes([value]) * (width * channels * bit_depth // 8)
+    compressor = zlib.compressobj(9)
+    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+
+
+def dicom_without_preamble(implicit: bool = False) -> bytes:
+    """A bare DICOM data set as old modalities write it: no 128-byte preamble, no ``DICM`` and no file
+    meta group, starting with group 0008 (implicit VR little endian when ``implicit``)."""
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    raw = gradient().astype(np.uint16) * 16
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = "1.2.3.4"
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = raw.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = raw.tobytes()
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, implicit
+    write_dataset(buffer, ds)
+    return buffer.getvalue()

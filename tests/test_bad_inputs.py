@@ -105,3 +105,89 @@ def test_odd_but_valid_inputs_decode(tmp_path, filename, build):
     path.write_bytes(build())
     rgb = load_image(path)
     assert rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.dtype == np.uint8 and min(rgb.shape[:2]) >= 32
+
+
+# -- issue 10: special files, read caps, limits in our words ------------------------------------
+
+def test_devices_and_fifos_are_refused_without_reading_or_blocking(tmp_path):
+    import os
+    import threading
+
+    from edge_runtime.errors import NotARegularFileError
+
+    with pytest.raises(NotARegularFileError, match="device"):
+        read_bytes("/dev/zero")  # would read until MemoryError
+    fifo = tmp_path / "scanner pipe"
+    os.mkfifo(fifo)
+    outcome = []
+    reader = threading.Thread(target=lambda: outcome.append(_error_of(lambda: read_bytes(fifo))), daemon=True)
+    reader.start()
+    reader.join(5)
+    if reader.is_alive():  # unblock the stuck reader before failing
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("reading a FIFO blocked")
+    assert isinstance(outcome[0], NotARegularFileError) and "FIFO" in str(outcome[0])
+
+
+def _error_of(call):
+    try:
+        call()
+    except Exception as err:  # noqa: BLE001
+        return err
+    return None
+
+
+def test_reads_are_capped_and_a_missing_file_has_its_own_code(tmp_path):
+    from edge_runtime.errors import InputNotFoundError
+
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"\0" * 2048)
+    with pytest.raises(ImageTooLargeError, match="limit is 1024"):
+        read_bytes(big, max_bytes=1024)
+    with pytest.raises(ImageTooLargeError):
+        read_bytes(b"\0" * 2048, max_bytes=1024)
+    with pytest.raises(InputNotFoundError) as info:
+        read_bytes(tmp_path / "gone.png")
+    assert info.value.code == "file_not_found"
+
+
+def test_images_are_refused_by_decoded_bytes_before_decoding():
+    # 265 KB on disk, 256 MB once decoded: refused from the header.
+    data = corpus.flat_png(8000, 7999, colour_type=6)
+    assert len(data) < 1_000_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageTooLargeError, match="MB once decoded; the limit is 64 MB"):
+            load_image(data, name="huge.png")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 1024 * 1024
+
+
+def test_pillows_own_limit_is_reported_in_our_words():
+    with pytest.raises(ImageTooLargeError) as info:
+        load_image(corpus.png_bomb(30000, 30000), name="bomb.png")
+    message = str(info.value)
+    assert "900000000 pixels" in message and "the limit is 64000000" in message
+    assert "decompression bomb DOS" not in message
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16", "RGBA", "P"])
+def test_large_images_are_reduced_while_decoding(mode):
+    from edge_runtime.imaging import DECODE_MAX_SIDE
+
+    grey = corpus.gradient(2100, 1600)
+    if mode == "I;16":
+        image = Image.fromarray(grey.astype(np.uint16) * 200)
+    elif mode == "RGBA":
+        image = Image.fromarray(np.dstack([grey] * 3 + [np.full_like(grey, 255)]), "RGBA")
+    else:
+        image = Image.fromarray(grey).convert(mode)
+    rgb = load_image(corpus.encode(image, "PNG"), name="big.png")
+    assert DECODE_MAX_SIDE <= min(rgb.shape[:2]) < 2 * DECODE_MAX_SIDE
+    assert rgb.shape[0] / rgb.shape[1] == pytest.approx(2100 / 1600, rel=0.01)
+    full = load_image(corpus.encode(image, "PNG"), name="big.png", decode_max_side=None)
+    small = np.asarray(Image.fromarray(full).resize(rgb.shape[1::-1], Image.Resampling.BOX))
+    assert np.abs(small.astype(int) - rgb.astype(int)).mean() < 2.0

@@ -64,7 +64,9 @@ def test_overlay_sizes_and_alpha():
     overlay = overlay_heatmap(image, cam, alpha=0.4)
     assert overlay.shape == image.shape and overlay.dtype == np.uint8
     assert np.array_equal(overlay_heatmap(image, cam, alpha=0.0), image)
-    assert np.array_equal(overlay_heatmap(image, cam, alpha=1.0), colorize(upsample(cam, (90, 70))))
+    # 8-bit upsampling: within 1.5 map levels, i.e. 6 colour levels (JET climbs 4 per map level)
+    full = overlay_heatmap(image, cam, alpha=1.0).astype(int)
+    assert np.abs(full - colorize(upsample(cam, (90, 70))).astype(int)).max() <= 6
     with pytest.raises(ValueError):
         overlay_heatmap(image, cam, alpha=1.5)
     panel = side_by_side(image, overlay)

@@ -212,3 +212,80 @@ def test_shipped_model_on_real_scans():
         for path in files:
             result = shipped.classify(path, heatmap=True)
             assert result.quality["width"] >= 512 and result.heatmap.max() <= 1.0
+
+
+# -- issue 10: the spec is bound to the model --------------------------------------------------
+
+def _copy_pair(binary_models, folder: Path) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    model = folder / binary_models["int8_cam"].name
+    shutil.copy(binary_models["int8_cam"], model)
+    spec = folder / binary_models["spec"].name
+    shutil.copy(binary_models["spec"], spec)
+    return model, spec
+
+
+@pytest.mark.parametrize("edit", ["labels reversed", "threshold", "negative label", "cam weights"])
+def test_any_edit_to_the_spec_sidecar_is_refused(binary_models, tmp_path, edit):
+    import json
+
+    model, spec_path = _copy_pair(binary_models, tmp_path / "edited")
+    spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    if edit == "labels reversed":  # the issue's attack: a pneumonia film reported as NORMAL
+        spec["labels"] = spec["labels"][::-1]
+    elif edit == "threshold":
+        spec["threshold"] = 0.99
+    elif edit == "negative label":
+        spec["negative_label"] = spec["labels"][1]
+    else:
+        spec["cam_weights"][0][0] += 0.5
+    spec_path.write_text(json.dumps(spec, indent=2), encoding="utf-8")
+    with pytest.raises(ModelIntegrityError, match="differs from the spec embedded"):
+        Classifier(model, NO_GATE)
+
+
+def test_a_model_without_an_embedded_spec_is_refused_and_can_be_bound(binary_models, tmp_path):
+    from edge_runtime.spec import read_embedded_spec, sha256_file
+
+    model, spec_path = _copy_pair(binary_models, tmp_path / "old export")
+    data = model.read_bytes()
+    model.write_bytes(data[: data.rfind(b"PK\x03\x04")])  # as exported before the binding
+    assert read_embedded_spec(model) is None
+    spec = ModelSpec.load(spec_path)
+    spec.replace(files={**spec.files, model.name: sha256_file(model)}).save(spec_path)
+    with pytest.raises(ModelIntegrityError, match="no embedded model_spec.json"):
+        Classifier(model, NO_GATE)
+    binding = pytest.importorskip("export.binding", reason="export/ is a repository tool")
+    assert binding.bind_folder(model.parent)[spec_path.name] == [model.name]
+    with Classifier(model, NO_GATE) as clf:
+        assert clf.spec_sha256 == sha256_file(spec_path)
+
+
+def test_the_spec_hash_goes_with_every_result_into_the_log(binary_models, tmp_path):
+    import hashlib
+
+    from edge_runtime.log import ScreeningLog
+
+    expected = hashlib.sha256(binary_models["spec"].read_bytes()).hexdigest()
+    image = tmp_path / "x.png"
+    Image.fromarray(xray_like(128)).save(image)
+    with Classifier(binary_models["int8_cam"], NO_GATE) as clf, ScreeningLog(tmp_path / "l.db") as log:
+        result = clf.classify(image)
+        assert result.spec_sha256 == expected and result.to_dict()["spec_sha256"] == expected
+        assert log.get(log.record(result))["spec_sha256"] == expected
+
+
+def test_every_shipped_model_is_bound_and_listed_in_the_checksum_list():
+    import hashlib
+
+    from conftest import ASSETS
+    from edge_runtime.spec import check_binding
+
+    sums = dict(reversed(line.split("  ", 1)) for line in (ASSETS / "SHA256SUMS").read_text().splitlines())
+    for spec_path in sorted(ASSETS.glob("*.spec.json")):
+        spec = ModelSpec.load(spec_path)
+        assert sums[spec_path.name] == hashlib.sha256(spec_path.read_bytes()).hexdigest()
+        for name, digest in spec.files.items():
+            assert sums[name] == digest == hashlib.sha256((ASSETS / name).read_bytes()).hexdigest()
+            if name.endswith(".tflite"):
+                check_binding(spec, ASSETS / name, spec_path)

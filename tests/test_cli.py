@@ -86,7 +86,7 @@ def test_batch_with_bad_files_completes_the_good_ones(capsys, env):
         assert any(line.endswith(str(path)) for line in lines[1:])
     for name, code_word in (("empty.png", "invalid_image"), ("notes.txt", "invalid_image"),
                             ("report.pdf", "unsupported_format"), ("cut.jpeg", "invalid_image"),
-                            ("dot.png", "image_too_small"), ("missing.png", "invalid_image")):
+                            ("dot.png", "image_too_small"), ("missing.png", "file_not_found")):
         assert any(name in line and code_word in line for line in err.splitlines()), name
     assert "3 classified, 6 failed" in err
     assert "skipped 3 file(s)" in err and "readme.md" in err  # notes.txt, report.pdf, readme.md in the folder
@@ -147,7 +147,7 @@ def test_watch_once(capsys, env):
     inbox = env / "inbox"
     write_images(inbox, 2)
     (inbox / "bad.png").write_bytes(b"garbage")
-    code, out, err = run(capsys, "watch", inbox, NO_GATE, "--once", "--settle", "0", "--interval", "0.01",
+    code, out, err = run(capsys, "watch", inbox, NO_GATE, "--once", "--settle", "0", "--grace", "0", "--interval", "0.01",
                          "--processed", env / "done", "--failed", env / "failed", "--log", env / "w.db")
     assert code == 1
     assert len(out.strip().splitlines()) == 1 + 2 and "bad.png" in err
@@ -374,3 +374,105 @@ def test_serve_process_exit_codes(binary_models, tmp_path, signal_name, expected
         proc.send_signal(getattr(signal, signal_name))
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == expected, err
+
+
+# -- issue 10: bounded memory, an error object per failed input, quiet start ---------------------
+
+_LAUNCHER = (
+    "import json, os, subprocess, sys\n"
+    "proc = subprocess.Popen(sys.argv[3:], stdout=open(sys.argv[1], 'w'), stderr=open(sys.argv[2], 'w'))\n"
+    "_, status, usage = os.wait4(proc.pid, 0)\n"
+    "print(json.dumps({'code': os.waitstatus_to_exitcode(status), 'maxrss_kib': usage.ru_maxrss}))\n"
+)
+
+
+def _classify_process(paths, env_dir: Path, models_dir: Path) -> tuple[int, str, str, int]:
+    """Run ``cxr-edge classify --json`` on inputs in a fresh process: (exit code, stdout, stderr,
+    peak RSS in bytes of that process alone).
+
+    The process is started by a tiny standard-library launcher and measured there with os.wait4:
+    a child's ru_maxrss starts from the RSS of the process it is forked from, so forked straight
+    from a test process that has imported TensorFlow it would report that process's gigabytes.
+    """
+    import os
+    import tempfile
+
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err = Path(tmp) / "out", Path(tmp) / "err"
+        command = [sys.executable, "-m", "edge_runtime.cli", "classify", "--no-log", "--json", *map(str, paths)]
+        launched = subprocess.run([sys.executable, "-c", _LAUNCHER, str(out), str(err), *command], cwd=env_dir,
+                                  capture_output=True, text=True, env={**os.environ, "CXR_MODELS": str(models_dir)},
+                                  check=True)
+        report = json.loads(launched.stdout)
+        return report["code"], out.read_text(), err.read_text(), report["maxrss_kib"] * 1024
+
+
+@pytest.mark.slow
+def test_any_input_costs_at_most_250_mb_in_the_cli(tmp_path, binary_models):
+    """The issue's files: 265 KB PNGs declaring 8000 x 7999 pixels (RGBA, 16-bit, grey) cost 0.8-1.7 GB
+    before; a 30000^2 PNG; /dev/zero. One process refuses each cleanly and stays under 250 MB."""
+    inputs = {
+        "rgba.png": corpus.flat_png(8000, 7999, colour_type=6),
+        "grey16.png": corpus.flat_png(8000, 7999, bit_depth=16),
+        "grey.png": corpus.flat_png(8000, 7999),
+        "bomb.png": corpus.png_bomb(30000, 30000),
+    }
+    paths = []
+    for name, data in inputs.items():
+        paths.append(tmp_path / name)
+        paths[-1].write_bytes(data)
+    paths.append(Path("/dev/zero"))
+    code, out, err, peak = _classify_process(paths, tmp_path, binary_models["dir"])
+    assert code == 1, err
+    rows = [json.loads(line) for line in out.strip().splitlines()]
+    assert [r["path"] for r in rows] == [str(p) for p in paths]
+    assert [r["code"] for r in rows] == ["image_too_large", "image_too_large", "not_chest_xray", "image_too_large",
+                                         "not_a_regular_file"]
+    assert peak <= 250 * 1024 * 1024, f"peak RSS {peak / 2**20:.0f} MB"
+    assert "Traceback" not in err
+
+
+def test_json_prints_an_error_object_for_every_failed_input(capsys, env):
+    images = write_images(env / "in", 1)
+    (env / "in" / "bad.png").write_bytes(b"garbage")
+    code, out, err = run(capsys, "classify", NO_GATE, "--no-log", "--json", images[0], env / "in" / "bad.png",
+                         env / "missing.png")
+    assert code == 1
+    rows = [json.loads(line) for line in out.strip().splitlines()]
+    assert [r["path"] for r in rows] == [str(images[0]), str(env / "in" / "bad.png"), str(env / "missing.png")]
+    assert [r["status"] for r in rows] == ["classified", "failed", "failed"]
+    assert rows[1]["code"] == "invalid_image" and rows[2]["code"] == "file_not_found"
+    assert "bad.png" in rows[1]["error"] and "[" not in rows[1]["error"]
+
+
+def test_no_xnnpack_info_line_on_stderr(tmp_path, binary_models):
+    path = tmp_path / "x.png"
+    Image.fromarray(xray_like(256)).save(path)
+    code, out, err, _ = _classify_process(path, tmp_path, binary_models["dir"])
+    assert "XNNPACK" not in err and "INFO" not in err, err
+    assert json.loads(out)["path"] == str(path)
+
+
+def test_symlink_loops_in_a_folder_are_counted_and_reported(capsys, env):
+    folder = env / "scans"
+    write_images(folder, 1)
+    (folder / "loop a").symlink_to(folder / "loop b")
+    (folder / "loop b").symlink_to(folder / "loop a")
+    (folder / "dangling").symlink_to(env / "nowhere")
+    code, out, err = run(capsys, "classify", NO_GATE, "--no-log", folder)
+    assert code == 1
+    assert "skipped 3 symbolic link(s) that loop or point nowhere" in err and "loop a" in err
+    assert "1 classified, 3 failed" in err
+
+
+def test_watch_prints_each_error_once(capsys, env):
+    import logging
+
+    inbox = env / "inbox"
+    inbox.mkdir()
+    (inbox / "bad.png").write_bytes(b"garbage")
+    logging.getLogger().handlers.clear()
+    code, out, err = run(capsys, "watch", inbox, "--once", "--settle", "0", "--grace", "0", "--interval", "0.01", "--no-log")
+    assert code == 1
+    assert err.count("bad.png: not a recognised image") == 1, err

@@ -78,3 +78,56 @@ def test_dicom_without_pydicom_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "pydicom.pixels", None)
     with pytest.raises(UnsupportedFormatError, match="pydicom is not installed"):
         load_image(data, name="x.dcm")
+
+
+# -- issue 10: what DICOM readers accept, and messages that say what is wrong ---------------------
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit VR", "implicit VR"])
+def test_dicom_without_the_preamble_is_accepted(implicit):
+    data = corpus.dicom_without_preamble(implicit)
+    assert data[:2] == b"\x08\x00" and b"DICM" not in data[:132]
+    assert is_dicom(data)
+    rgb = load_image(data, name="old-modality")
+    assert rgb.shape == (96, 80, 3)
+    part10 = corpus.dicom_monochrome1()[0]
+    assert is_dicom(part10[132:])  # file meta group 0002 without preamble
+    assert load_image(part10[132:], name="no-preamble.dcm").shape == (96, 80, 3)
+
+
+def test_truncated_uncompressed_dicom_is_called_truncated():
+    data = corpus.dicom_monochrome1()[0]
+    with pytest.raises(InvalidImageError) as info:
+        load_image(data[: len(data) - 4000], name="cut.dcm")
+    assert "truncated" in str(info.value) and "decoder" not in str(info.value)
+    assert not isinstance(info.value, UnsupportedFormatError)
+
+
+def test_dicm_header_followed_by_garbage_is_corrupt_not_without_pixels():
+    rng = np.random.default_rng(0)
+    data = b"\0" * 128 + b"DICM" + rng.integers(0, 256, 4000, dtype=np.uint8).tobytes()
+    with pytest.raises(InvalidImageError) as info:
+        load_image(data, name="garbage.dcm")
+    assert "corrupt" in str(info.value) and "no pixel data" not in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_corrupt_jpeg2000_dicom_prints_no_traceback_and_one_line(capfd):
+    import io
+
+    from PIL import Image
+    from pydicom.uid import JPEG2000Lossless
+
+    buffer = io.BytesIO()
+    Image.fromarray((np.arange(64 * 64).reshape(64, 64) % 251).astype(np.uint8)).save(
+        buffer, format="JPEG2000", irreversible=False)
+    codestream = buffer.getvalue()
+    data = corpus.dicom_bytes(None, transfer_syntax=JPEG2000Lossless, bits=8,
+                              encapsulated=codestream[: len(codestream) // 2])
+    import logging
+
+    logging.basicConfig()  # as the CLI and server configure logging: pydicom's records would print
+    with pytest.raises(InvalidImageError) as info:
+        load_image(data, name="j2k.dcm")
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err and "Traceback" not in captured.out
+    assert "\n" not in str(info.value) and "j2k.dcm" in str(info.value)

@@ -241,8 +241,18 @@ def test_a_schema_1_log_is_migrated_in_place(tmp_path):
     conn.close()
     with ScreeningLog(path) as log:
         assert log.count() == 1 and log.get(1)["label"] == "NORMAL" and log.get(1)["instance_sha256"] is None
-        row_id = log.record(make_result(), source="dicom", instance_uid="1.2.3")
+        assert log.get(1)["spec_sha256"] is None
+        row_id = log.record(make_result(spec_sha256="ef" * 32), source="dicom", instance_uid="1.2.3")
         assert log.seen_instance("1.2.3", "cd" * 32) == row_id
+        assert log.get(row_id)["spec_sha256"] == "ef" * 32
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
     conn.close()
+
+
+def test_csv_export_holds_no_server_paths(tmp_path):
+    with ScreeningLog(tmp_path / "c.db") as log:
+        log.record(make_result(), heatmap_path="/srv/clinic/heatmaps/ab.png")
+        buffer = io.StringIO()
+        log.export_csv(buffer)
+    assert "/srv/clinic" not in buffer.getvalue() and "heatmap_path" not in buffer.getvalue()

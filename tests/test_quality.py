@@ -175,3 +175,67 @@ def test_benchmark_script_reports_both_targets(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["thresholds"]["MAX_EDGE_DENSITY"] == quality.MAX_EDGE_DENSITY
     assert {s["set"] for s in report["photo_sets"]} >= {"skimage_sample_images", "held_out_photos"}
+
+
+# -- issue 10: greyscale inputs with no colour to give them away ----------------------------------
+
+def _grey3(grey: np.ndarray) -> np.ndarray:
+    return np.repeat(np.clip(grey, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+
+
+def _smooth(rng, shape, sigma):
+    from PIL import ImageFilter
+
+    field = np.asarray(Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).filter(
+        ImageFilter.GaussianBlur(sigma)), dtype=np.float64)
+    return (field - field.mean()) / (field.std() + 1e-9)
+
+
+def _synthetic_cases():
+    """Seeded greyscale non-X-rays of the kinds the old gate passed (the issue's gradient + noise was
+    classified PNEUMONIA 0.973)."""
+    rng = np.random.default_rng(10)
+    yy, xx = np.mgrid[0:400, 0:320] / 400.0
+    return {
+        "gradient + noise": _grey3(255 * xx / xx.max() * 0.8 + rng.normal(0, 20, xx.shape)),
+        "vertical gradient + noise": _grey3(255 * yy * 0.9 + rng.normal(0, 15, xx.shape)),
+        "smooth noise": _grey3(128 + 45 * _smooth(rng, (400, 320), 6)),
+        "gaussian noise": _grey3(rng.normal(128, 40, (400, 320))),
+        "radial gradient + smooth noise": _grey3(200 * np.hypot(xx - 0.4, yy - 0.5) / 0.7
+                                                 + 25 * _smooth(rng, (400, 320), 8)),
+        "sinusoid": _grey3(127 + 60 * np.sin(xx * 400 / 9) + 60 * np.cos(yy * 400 / 17)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_synthetic_cases()))
+def test_synthetic_greyscale_non_xrays_are_refused(name):
+    with pytest.raises(NotChestXrayError) as info:
+        check_chest_xray(_synthetic_cases()[name])
+    assert info.value.reason == "not_xray"
+
+
+@pytest.mark.parametrize("name", ["cat", "chelsea", "coffee", "rocket", "retina"])
+def test_greyscale_versions_of_photos_are_refused(name):
+    pytest.importorskip("skimage")
+    from skimage import data
+
+    grey = np.asarray(Image.fromarray(getattr(data, name)()).convert("L"))
+    with pytest.raises(NotChestXrayError):
+        check_chest_xray(_grey3(grey))
+
+
+@needs_shared_data
+@pytest.mark.realdata
+def test_the_texture_and_layout_rules_keep_real_xrays():
+    """Every 25th real X-ray of each set passes (the full measurement: python -m benchmarks.quality_gate)."""
+    files = []
+    for folder in ("chest_xray/train/NORMAL", "chest_xray/train/PNEUMONIA", "covid19/COVID19", "covid19/NORMAL_ADULT",
+                   "adult_cxr/NORMAL", "adult_cxr/PNEUMONIA", "fullres_sample/NORMAL", "fullres_sample/PNEUMONIA"):
+        files += sorted((SHARED_DATA / folder).glob("*.*"))[::25]
+    refused = []
+    for path in files:
+        m = measure(load_image(path))
+        verdict = quality._verdict(m)
+        if verdict is not None and verdict[1] in ("spectrum", "chest_similarity"):
+            refused.append(path.name)
+    assert len(files) > 400 and len(refused) <= 0.005 * len(files), refused

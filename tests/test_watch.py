@@ -225,3 +225,85 @@ def test_stop_event_ends_a_forever_watch(tmp_path, log):
     stop.set()
     thread.join(timeout=5)
     assert not thread.is_alive() and outcomes == []
+
+
+# -- issue 10: a scanner that pauses mid-write -------------------------------------------------
+
+def _slow_writer(path: Path, data: bytes, pauses: list[float], started: threading.Event) -> threading.Thread:
+    """Write ``data`` to ``path`` in len(pauses) + 1 pieces through one open file, pausing between them
+    (as a scanner does); keeps writing to the same file if the watcher renames it meanwhile."""
+    def write():
+        pieces = np.array_split(np.frombuffer(data, np.uint8), len(pauses) + 1)
+        with open(path, "wb") as stream:
+            for i, piece in enumerate(pieces):
+                stream.write(piece.tobytes())
+                stream.flush()
+                os.fsync(stream.fileno())
+                if i == 0:
+                    started.set()
+                if i < len(pauses):
+                    time.sleep(pauses[i])
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_scan_written_with_pauses_longer_than_settle_is_retried_not_failed(tmp_path, log):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    data = png(tmp_path / "source" / "scan.png", 3)
+    started = threading.Event()
+    writer = _slow_writer(inbox / "scan.png", data, [0.8, 0.8], started)
+    started.wait(5)
+    stub = StubClassifier()
+    outcomes = run_once(inbox, stub, log, settle_seconds=0.2, grace_seconds=3.0, poll_interval=0.05,
+                        processed_dir=tmp_path / "done", failed_dir=tmp_path / "failed")
+    writer.join()
+    assert [(o.path.name, o.status) for o in outcomes] == [("scan.png", CLASSIFIED)]
+    assert (tmp_path / "done" / "scan.png").read_bytes() == data
+    assert not (tmp_path / "failed").exists() or not any((tmp_path / "failed").iterdir())
+
+
+def test_a_truncated_file_is_failed_after_the_grace_period(tmp_path, log):
+    inbox = tmp_path / "inbox"
+    data = png(tmp_path / "source" / "cut.png", 4)
+    inbox.mkdir()
+    (inbox / "cut.png").write_bytes(data[: len(data) // 2])
+    started = time.monotonic()
+    outcomes = run_once(inbox, StubClassifier(), log, settle_seconds=0.05, grace_seconds=0.5, poll_interval=0.05,
+                        failed_dir=tmp_path / "failed")
+    assert [o.status for o in outcomes] == [FAILED] and time.monotonic() - started >= 0.5
+    assert (tmp_path / "failed" / ("cut.png" + ERROR_SUFFIX)).is_file()
+
+
+def test_a_failed_file_that_becomes_complete_is_examined_again(tmp_path, log):
+    """The trial's lost scans: a pause longer than the grace period sends the partial file to failed/,
+    where the scanner (writing through its open file) completes it; it is then classified."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    data = png(tmp_path / "source" / "late.png", 5)
+    started = threading.Event()
+    writer = _slow_writer(inbox / "late.png", data, [1.5], started)
+    started.wait(5)
+    stop = threading.Event()
+    outcomes = []
+
+    def watch():
+        for outcome in watch_folder(inbox, StubClassifier(), log, settle_seconds=0.1, grace_seconds=0.3,
+                                    poll_interval=0.05, processed_dir=tmp_path / "done",
+                                    failed_dir=tmp_path / "failed", stop_event=stop):
+            outcomes.append(outcome)
+            if outcome.status == CLASSIFIED:
+                stop.set()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    writer.join()
+    watcher.join(10)
+    stop.set()
+    assert [o.status for o in outcomes] == [FAILED, CLASSIFIED]
+    assert outcomes[1].path == tmp_path / "failed" / "late.png"
+    assert (tmp_path / "done" / "late.png").read_bytes() == data
+    assert not (tmp_path / "failed" / ("late.png" + ERROR_SUFFIX)).exists()
+    assert log.count() == 1

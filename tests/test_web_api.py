@@ -24,6 +24,7 @@ from edge_runtime.web.api import sniff_format
 from edge_runtime.web.config import is_loopback
 from edge_runtime.web.models import choose_model_file, discover_models
 from edge_runtime.web.store import images_dir_for
+from runtime_models import binary_models  # noqa: F401 - fixture
 
 WEB_DIR = Path(edge_runtime.web.__file__).resolve().parent
 OPENAPI = json.loads((WEB_DIR / "openapi.json").read_text(encoding="utf-8"))
@@ -133,17 +134,56 @@ def needs_quality_gate():
 
 # -- fixtures --------------------------------------------------------------------------------
 
+@pytest.fixture(scope="session")
+def web_models(binary_models, tmp_path_factory) -> Path:
+    """A folder with one binary model (spec, its .tflite files, labels): the tiny test model where
+    TensorFlow is installed, else the shipped one, so that these tests run as a Pi runs the server."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("web models")
+    spec = binary_models["spec"]
+    shutil.copy(spec, folder / spec.name)
+    for name in json.loads(spec.read_text(encoding="utf-8"))["files"]:
+        shutil.copy(spec.parent / name, folder / name)
+    return folder
+
+
+def make_twin(folder: Path, suffix: str = "_twin") -> str:
+    """A second, properly bound model in ``folder``: the first model's files under a new name, each
+    embedding the renamed spec (as `python -m export` would write them). Returns its name."""
+    import hashlib
+    import zipfile
+
+    (spec_path,) = folder.glob("*.spec.json")
+    spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    name = spec["name"] + suffix
+    twin = {**spec, "name": name, "files": {}}
+    embedded = json.dumps({k: v for k, v in twin.items() if k != "files"}, indent=2) + "\n"
+    for filename in spec["files"]:
+        new = filename.replace(spec["name"], name)
+        data = (folder / filename).read_bytes()
+        if filename.endswith(".tflite"):
+            start = data.rfind(b"PK\x03\x04")
+            (folder / new).write_bytes(data[:start] if start > 0 else data)
+            with zipfile.ZipFile(folder / new, "a") as archive:
+                archive.writestr("model_spec.json", embedded)
+        else:
+            (folder / new).write_bytes(data)
+        twin["files"][new] = hashlib.sha256((folder / new).read_bytes()).hexdigest()
+    (folder / f"{name}.spec.json").write_text(json.dumps(twin), encoding="utf-8")
+    return name
+
 @pytest.fixture()
 def log_path(tmp_path) -> Path:
     return tmp_path / "clinic log" / "screenings.sqlite"
 
 
 @pytest.fixture()
-def make_app(tiny_model_dir, log_path):
+def make_app(web_models, log_path):
     apps = []
 
     def make(**settings):
-        settings.setdefault("models", tiny_model_dir)
+        settings.setdefault("models", web_models)
         settings.setdefault("log_path", log_path)
         app = create_app(WebConfig(**settings))
         apps.append(app)
@@ -196,22 +236,22 @@ def test_health_reports_models_runtime_and_versions(client):
     assert body["model_loaded"] is True and body["models_loaded"] == [body["default_model"]]
 
 
-def test_models_lists_the_cam_variant_with_its_spec(client, tiny_model_dir):
+def test_models_lists_the_cam_variant_with_its_spec(client, web_models):
     response = client.get("/api/v1/models")
     check_openapi(response, "/api/v1/models")
     body = response.get_json()
     (model,) = body["models"]
     assert model["default"] and body["default"] == model["name"]
     assert model["file"].endswith("_int8_cam.tflite") and model["has_heatmap"]
-    assert model["sha256"] and (tiny_model_dir / model["file"]).is_file()
+    assert model["sha256"] and (web_models / model["file"]).is_file()
     assert model["negative_label"] in model["labels"] and 0 < model["threshold"] < 1
 
 
-def test_model_discovery_prefers_the_cam_file_of_the_chosen_precision(tiny_model_dir, tmp_path):
-    (entry,) = discover_models(tiny_model_dir, "fp16")
+def test_model_discovery_prefers_the_cam_file_of_the_chosen_precision(web_models, tmp_path):
+    (entry,) = discover_models(web_models, "fp16")
     assert entry.model_path.name.endswith("_fp16_cam.tflite")
     assert choose_model_file(entry.spec, tmp_path, "int8") is None  # listed files absent here
-    (by_file,) = discover_models([tiny_model_dir / entry.model_path.name.replace("_cam", "")])
+    (by_file,) = discover_models([web_models / entry.model_path.name.replace("_cam", "")])
     assert not by_file.has_heatmap
     with pytest.raises(ModelError, match="no models found"):
         discover_models(tmp_path)
@@ -219,28 +259,26 @@ def test_model_discovery_prefers_the_cam_file_of_the_chosen_precision(tiny_model
         discover_models(tmp_path / "missing")
 
 
-def test_defaults_come_from_the_shipped_models_folder_and_the_log_path(tiny_model_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("CXR_MODELS", str(tiny_model_dir))
+def test_defaults_come_from_the_shipped_models_folder_and_the_log_path(web_models, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_MODELS", str(web_models))
     monkeypatch.setenv("CXR_LOG", str(tmp_path / "env log" / "screenings.db"))
     app = create_app(None)
     try:
-        assert [e.spec_path.parent for e in state(app).registry.entries.values()] == [tiny_model_dir]
+        assert [e.spec_path.parent for e in state(app).registry.entries.values()] == [web_models]
         assert state(app).log.path == tmp_path / "env log" / "screenings.db"
         assert state(app).store.root == tmp_path / "env log" / "screenings-images"
     finally:
         state(app).close()
 
 
-def test_several_models_each_with_its_own_shared_classifier(make_app, tiny_model_dir, tmp_path):
+def test_several_models_each_with_its_own_shared_classifier(make_app, web_models, tmp_path):
     import shutil
 
     folder = tmp_path / "two models"
-    shutil.copytree(tiny_model_dir, folder)
+    shutil.copytree(web_models, folder)
     (spec_path,) = folder.glob("*.spec.json")
-    twin = json.loads(spec_path.read_text(encoding="utf-8"))
-    first = twin["name"]
-    twin["name"] = first + "_twin"
-    (folder / "twin.spec.json").write_text(json.dumps(twin), encoding="utf-8")
+    first = json.loads(spec_path.read_text(encoding="utf-8"))["name"]
+    make_twin(folder)
     app = make_app(models=folder)
     client = app.test_client()
     names = [m["name"] for m in client.get("/api/v1/models").get_json()["models"]]
@@ -331,7 +369,7 @@ def test_content_is_sniffed_not_taken_from_name_or_header(client):
     assert sniff_format(b"\xff\xd8\xff\xe0") == "jpeg" and sniff_format(b"BM....") is None
 
 
-def test_one_shared_classifier_per_model_under_concurrent_requests(make_app, tiny_model_dir):
+def test_one_shared_classifier_per_model_under_concurrent_requests(make_app, web_models):
     from edge_runtime.classifier import Classifier, ClassifierOptions
 
     created = []
@@ -582,13 +620,13 @@ def test_token_is_required_when_set(make_app):
     assert client.get("/", headers={"Authorization": "Basic !!!"}).status_code == 401
 
 
-def test_other_interfaces_require_a_token(tiny_model_dir, log_path):
+def test_other_interfaces_require_a_token(web_models, log_path):
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.20")
     with pytest.raises(ValueError, match="token is required"):
-        create_server("0.0.0.0", 0, tiny_model_dir, None, log_path=log_path)
+        create_server("0.0.0.0", 0, web_models, None, log_path=log_path)
     with pytest.raises(ValueError, match="too short"):
-        WebConfig(models=tiny_model_dir, token="short")
+        WebConfig(models=web_models, token="short")
 
 
 def test_dns_rebinding_and_cross_site_posts_are_refused(client, make_app):
@@ -610,3 +648,148 @@ def test_unknown_api_paths_and_methods_are_json(client):
     assert check.status_code == 404 and check.get_json()["error"]["code"] == "not_found"
     wrong = client.get("/api/v1/classify")
     assert wrong.status_code == 405 and wrong.get_json()["error"]["code"] == "method_not_allowed"
+
+
+# -- issue 10: hardening ---------------------------------------------------------------------
+
+def test_ids_beyond_sqlite_integers_are_404_not_500(client):
+    huge = "99999999999999999999999"
+    for path in (f"/api/v1/history/{huge}", f"/api/v1/history/{huge}/thumbnail.jpg",
+                 f"/api/v1/history/{huge}/report.png"):
+        check_error(client.get(path), 404, "not_found", path.replace(huge, "{row_id}"), "get")
+
+
+def test_origin_null_is_refused_like_any_other_site(client):
+    form = {"file": (io.BytesIO(real_xrays(1)[0].read_bytes()), "a.jpeg")}
+    check_error(client.post("/api/v1/classify", data=form, headers={"Origin": "null"}), 403, "cross_origin")
+
+
+@pytest.mark.parametrize("shape", ["100 fields", "3 MB text field"])
+def test_a_large_form_is_not_reported_as_a_large_upload(client, shape):
+    jpeg = real_xrays(1)[0].read_bytes()
+    form = {"file": (io.BytesIO(jpeg), "a.jpeg")}
+    if shape == "100 fields":
+        form.update({f"field{i}": "x" for i in range(100)})
+    else:
+        form["notes"] = "x" * (3 * 1024 * 1024)
+    response = client.post("/api/v1/classify", data=form, content_type="multipart/form-data")
+    error = check_error(response, 413, "form_too_large")
+    assert "32 MB" not in error["message"] and "fields" in error["message"]
+
+
+def test_csv_export_has_no_server_paths(client, screened):
+    text = client.get("/api/v1/history/export.csv").get_data(as_text=True)
+    assert "heatmap_path" not in text and "/" not in text.replace("/api/", "")
+
+
+@pytest.mark.parametrize("token", ["            ", "\t\n  \t\n  \t\n", " correct-horse-battery "])
+def test_whitespace_tokens_are_refused(web_models, token):
+    with pytest.raises(ValueError, match="whitespace"):
+        WebConfig(models=web_models, token=token)
+
+
+def test_serve_reads_the_token_from_a_file_or_the_environment(tmp_path, monkeypatch, web_models):
+    from edge_runtime import cli
+
+    calls = []
+    monkeypatch.setattr(edge_runtime.web, "serve", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setenv("CXR_MODELS", str(web_models))
+    secret = tmp_path / "token"
+    secret.write_text(TOKEN + "\n", encoding="utf-8")
+    secret.chmod(0o600)
+    base = ["serve", "--port", "0", "--log", str(tmp_path / "s.db")]
+    assert cli.main(base + ["--token-file", str(secret)]) == 0 and calls[-1]["token"] == TOKEN
+    monkeypatch.setenv("CXR_TOKEN", TOKEN)
+    assert cli.main(base) == 0 and calls[-1]["token"] == TOKEN
+    assert cli.main(base + ["--token-file", str(tmp_path / "missing")]) == 2
+
+
+def _raw_request(port: int, head: bytes) -> tuple[int, dict, bytes]:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head)
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    header, _, body = data.partition(b"\r\n\r\n")
+    lines = header.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_bodies_over_the_servers_limit_get_the_json_413_with_security_headers(web_models, log_path):
+    server = create_server("127.0.0.1", 0, web_models, None, log_path=log_path, max_upload_bytes=64 * 1024,
+                           preload=False).start()
+    try:
+        head = (b"POST /api/v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                b"boundary=x\r\nContent-Length: 50000000\r\n\r\n")
+        status, headers, body = _raw_request(server.port, head)
+    finally:
+        server.close()
+    assert status == 413 and headers["Content-Type"] == "application/json"
+    assert json.loads(body)["error"]["code"] == "payload_too_large"
+    assert "0.0625 MB" in json.loads(body)["error"]["message"]
+    assert headers["X-Content-Type-Options"] == "nosniff" and "frame-ancestors" in headers["Content-Security-Policy"]
+
+
+_CONCURRENT_SCRIPT = r"""
+import io, json, sys, threading, time, urllib.request
+sys.path.insert(0, sys.argv[3])
+import corpus
+from edge_runtime.web import create_server
+
+server = create_server("127.0.0.1", 0, sys.argv[1], None, log_path=sys.argv[2]).start()
+def post(data, name):
+    boundary = "cxrboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(server.url + "/api/v1/classify", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+huge = corpus.flat_png(8000, 7999)  # 62 KB, 64 MB once decoded
+normal = open(sys.argv[4], "rb").read()
+statuses, finished = [], []
+def post_huge():
+    statuses.append(post(huge, "huge.png"))
+    finished.append(time.perf_counter())
+threads = [threading.Thread(target=post_huge) for _ in range(4)]
+for thread in threads:
+    thread.start()
+time.sleep(0.2)
+started = time.perf_counter()
+normal_status = post(normal, "normal.jpeg")
+normal_done = time.perf_counter()
+normal_s = normal_done - started
+for thread in threads:
+    thread.join()
+server.close()
+# VmHWM, not ru_maxrss: this process's own high-water mark (ru_maxrss would start from the RSS of
+# the test process it was forked from, gigabytes where TensorFlow is imported).
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"statuses": statuses, "normal": normal_status, "normal_s": normal_s,
+                  "normal_before_last_huge": normal_done < max(finished), "peak_rss": hwm * 1024}))
+"""
+
+
+@pytest.mark.slow
+def test_four_huge_uploads_keep_the_server_bounded_and_a_normal_request_answers(web_models, tmp_path):
+    import subprocess
+    import sys
+
+    tests_dir = Path(__file__).resolve().parent
+    proc = subprocess.run([sys.executable, "-c", _CONCURRENT_SCRIPT, str(web_models), str(tmp_path / "l.db"),
+                           str(tests_dir), str(real_xrays(1)[0])], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["statuses"] == [422] * 4 and result["normal"] == 200
+    assert result["peak_rss"] <= 600 * 1024 * 1024, f"peak RSS {result['peak_rss'] / 2**20:.0f} MB"
+    # It does not queue behind the four (timing on a loaded CI machine varies, the order does not).
+    assert result["normal_before_last_huge"] and result["normal_s"] < 60

@@ -208,7 +208,8 @@ def _install_guards(app: Flask, config: WebConfig) -> None:
         if request.method not in ("GET", "HEAD", "OPTIONS"):
             origin = request.headers.get("Origin")
             site = request.headers.get("Sec-Fetch-Site", "")
-            if site == "cross-site" or (origin and origin != "null" and urlsplit(origin).netloc != request.host):
+            # "null" is what sandboxed frames, file:// pages and some redirects send: not this site.
+            if site == "cross-site" or (origin and (origin == "null" or urlsplit(origin).netloc != request.host)):
                 return _refuse(403, "cross_origin", "requests from other web sites are refused")
         return None
 
@@ -220,6 +221,11 @@ def _install_guards(app: Flask, config: WebConfig) -> None:
             # Results and history are patient data: keep them out of shared caches and disk caches.
             response.headers["Cache-Control"] = "no-store"
         return response
+
+
+def upload_limit_message(limit: int) -> str:
+    """The message of a body over the upload limit (the app's and the server's 413 alike)."""
+    return f"the upload is larger than this server accepts ({limit / (1024 * 1024):g} MB)"
 
 
 def _refuse(status: int, code: str, message: str) -> Response:
@@ -247,9 +253,18 @@ def _install_error_handlers(app: Flask) -> None:
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(err: RequestEntityTooLarge):
         limit = get_state().config.max_upload_bytes
-        message = f"the upload is larger than this server accepts ({limit // (1024 * 1024)} MB)"
+        length = request.content_length
+        if length is not None and length <= limit:
+            # The body is within the limit: werkzeug refused the form's shape (too many fields, or
+            # a text field over its memory limit), which is not "larger than 32 MB".
+            code = "form_too_large"
+            message = (f"the form has more than {app.config['MAX_FORM_PARTS']} fields or a text field over "
+                       f"{app.config['MAX_FORM_MEMORY_SIZE'] // 1024} KB; send the image as the 'file' field with "
+                       "only the documented fields (model, heatmap, preview)")
+        else:
+            code, message = "payload_too_large", upload_limit_message(limit)
         if _wants_json():
-            return error_response(413, "payload_too_large", message)
+            return error_response(413, code, message)
         return render_template("error.html", status=413, message=message), 413
 
     @app.errorhandler(HTTPException)

@@ -84,6 +84,11 @@ class WebConfig:
             raise ValueError("token must be a string")
         if self.token == "":
             self.token = None
+        if self.token is not None and not self.token.strip():
+            raise ValueError("the token is only whitespace (an empty $CXR_TOKEN or token file?): give a real "
+                             "secret of at least 12 characters")
+        if self.token is not None and self.token != self.token.strip():
+            raise ValueError("the token starts or ends with whitespace; clients would not send it so: remove it")
         if self.require_token and not self.token:
             raise ValueError(
                 "a token is required when the server is reachable from other machines (any address "

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-from .app import create_app, get_state
+from .app import SECURITY_HEADERS, create_app, get_state, upload_limit_message
 from .config import (
     DEFAULT_HOST,
     DEFAULT_MAX_UPLOAD_BYTES,
@@ -21,8 +22,41 @@ from .config import (
 
 logger = logging.getLogger(__name__)
 
-#: Request-handling threads: requests for one model queue on its classifier's lock anyway.
-DEFAULT_THREADS = 4
+#: Request-handling threads: requests for one model queue on its classifier's lock anyway, but a few
+#: slow uploads (huge images wait for the one large-decode slot, see edge_runtime.imaging) must not
+#: take every thread from an ordinary request.
+DEFAULT_THREADS = 8
+
+
+#: waitress's own errors (it answers these before the app sees the request) as API error codes.
+_WAITRESS_CODES = {400: "bad_request", 413: "payload_too_large", 431: "headers_too_large", 500: "internal_error"}
+
+
+def _json_error_channel(max_upload_bytes: int):
+    """A waitress channel class whose own error responses (a body over the limit, a malformed
+    request) are the API's JSON error with the security headers, not waitress's text/plain."""
+    from waitress.channel import HTTPChannel
+    from waitress.task import ErrorTask
+
+    class JsonErrorTask(ErrorTask):
+        def execute(self):
+            error = self.request.error
+            status = int(getattr(error, "code", 400) or 400)
+            code = _WAITRESS_CODES.get(status, "bad_request")
+            message = (upload_limit_message(max_upload_bytes) if status == 413
+                       else " ".join(str(getattr(error, "reason", "") or "bad request").lower().split()))
+            body = json.dumps({"error": {"code": code, "message": message}}).encode("utf-8")
+            self.status = f"{status} {getattr(error, 'reason', '')}".strip()
+            self.response_headers.extend([("Content-Type", "application/json"), ("Cache-Control", "no-store"),
+                                          *SECURITY_HEADERS.items()])
+            self.set_close_on_finish()
+            self.content_length = len(body)
+            self.write(body)
+
+    class JsonErrorChannel(HTTPChannel):
+        error_task_class = JsonErrorTask
+
+    return JsonErrorChannel
 
 
 class WebServer:
@@ -46,6 +80,13 @@ class WebServer:
             max_request_body_size=max_body + 1024 * 1024,
             ident="cxr-edge", expose_tracebacks=False, clear_untrusted_proxy_headers=True,
         )
+        # Bodies beyond waitress's limit never reach the app: answer them in the API's own form.
+        channel = _json_error_channel(max_body)
+        for server in getattr(self._server, "map", {}).values() or [self._server]:
+            if hasattr(server, "channel_class"):
+                server.channel_class = channel
+        if hasattr(self._server, "channel_class"):
+            self._server.channel_class = channel
         listen = getattr(self._server, "effective_listen", None) or [
             (self._server.effective_host, self._server.effective_port)]
         self.host, self.port = listen[0][0], int(listen[0][1])
