@@ -305,7 +305,8 @@ def test_classify_real_xray_with_heatmap_is_logged_and_downloadable(app, client)
     check_openapi(response, "/api/v1/classify", "post")
     body = response.get_json()
     labels = list(body["probabilities"])
-    assert body["label"] in labels and abs(sum(body["probabilities"].values()) - 1) < 1e-3
+    # An int8 softmax's output step is 1/256: a confident film reads 0 and 255/256, summing to 0.996.
+    assert body["label"] in labels and abs(sum(body["probabilities"].values()) - 1) <= 2 / 256
     assert body["positive"] == (body["score"] >= body["threshold"])
     expected = "screening positive: refer to a clinician" if body["positive"] else "screening negative"
     assert body["decision"] == expected

@@ -178,6 +178,7 @@ def list_samples(root: str | Path, task: Task) -> list[Sample]:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist")
+    task = resolve_task(task, root)
     samples: list[Sample] = []
     for label_index, (label, sources) in enumerate(task.classes.items()):
         count = 0
@@ -186,7 +187,7 @@ def list_samples(root: str | Path, task: Task) -> list[Sample]:
             if not folder.is_dir():
                 present = sorted(p.name for p in root.iterdir() if p.is_dir())
                 flat = [lab for lab in task.labels if not (root / lab).is_dir()]
-                if len(flat) < len(task.labels):  # some label folders are there: a folder-per-class root
+                if 0 < len(flat) < len(task.labels):  # some label folders are there: a folder-per-class root
                     raise DataError(
                         f"task {task.name!r}: a folder-per-class root needs folder {root / flat[0]}, which does "
                         f"not exist (folders in {root}: {present}; labels {list(task.labels)})")
@@ -362,7 +363,7 @@ def load_dataset(
     progress: bool = True,
 ) -> Dataset:
     """List, decode (cached) and group every image of ``task`` under ``root``."""
-    samples = list_samples(root, resolve_task(task, root))
+    samples = list_samples(root, task)
     planes, ok, skipped = decode_samples(samples, spec, cache_dir=cache_dir, progress=progress)
     kept = [samples[i] for i in ok]
     if skipped:
