@@ -19,7 +19,7 @@ import numpy as np
 
 from edge_runtime.spec import ModelSpec
 
-from .data import TASKS, DataError, check_no_leak, load_dataset, load_split, save_split, split_indices
+from .data import TASKS, DataError, check_no_leak, load_dataset, save_split, split_indices
 
 logger = logging.getLogger(__name__)
 
@@ -526,10 +526,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch-norm moving-average momentum (lower it for very short runs)")
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     p.add_argument("--patience", type=int, default=d.patience, help="epochs without validation AUC gain before stopping")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help="share held out from training: half picks the checkpoint, half the threshold")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--min-sensitivity", type=float, default=d.min_sensitivity,
-                   help="validation sensitivity the screening threshold must reach")
+                   help="sensitivity the screening threshold must reach on the calibration side")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="turn the shift augmentation off")
     p.add_argument("--balance", choices=("population", "class", "none"), default=d.balance,
                    help="population: each (class, population) pair gets an equal share of every epoch; "
