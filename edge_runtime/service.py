@@ -239,10 +239,12 @@ def ensure_user(user: str, state_dir: Path, create: bool) -> bool:
         return False
     except KeyError:
         pass
-    command = ["useradd", "--system", "--user-group", "--home-dir", str(state_dir), "--no-create-home",
+    # sudo's PATH has /usr/sbin; a plain root shell or a service manager may not.
+    useradd = shutil.which("useradd", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
+    command = [useradd or "useradd", "--system", "--user-group", "--home-dir", str(state_dir), "--no-create-home",
                "--shell", "/usr/sbin/nologin", user]
-    if not create or os.geteuid() != 0 or shutil.which("useradd") is None:
-        raise ServiceError(f"user {user!r} does not exist; create it with: sudo {shlex.join(command)} "
+    if not create or os.geteuid() != 0 or useradd is None:
+        raise ServiceError(f"user {user!r} does not exist; create it with: sudo {shlex.join(['useradd'] + command[1:])} "
                            "(or run install-service with sudo)")
     subprocess.run(command, check=True)
     return True
