@@ -248,6 +248,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object per instance")
     p.set_defaults(handler=cmd_receive)
 
+    p = add("install-service", "write a systemd unit that starts serve, watch or receive at boot",
+            "Write /etc/systemd/system/cxr-edge-SERVICE.service: the chosen command started at boot as an "
+            "unprivileged user (created if missing), restarted on failure, with the screening log in "
+            "--state-dir, the models in --models-dir (copied from the shipped ones when empty) and, for serve, "
+            "the token in --token-file (created, mode 600, owned by the user). Run with sudo, then: "
+            "sudo systemctl daemon-reload && sudo systemctl enable --now cxr-edge-SERVICE. Arguments after "
+            "'--' are passed to the command (e.g. -- --allow PACS1 for receive, the DICOM node).\n\n"
+            "usage: cxr-edge install-service SERVICE [options] [-- ARGS for the command]",
+            parents=())
+    p.add_argument("service", choices=("serve", "watch", "receive"), help="the command the unit starts")
+    p.add_argument("--folder", type=Path, metavar="DIR", help="watch: the scanner folder to watch (absolute)")
+    p.add_argument("--user", default="cxr-edge", help="account the service runs as (default: %(default)s)")
+    p.add_argument("--state-dir", type=Path, default=Path("/var/lib/cxr-edge"), metavar="DIR",
+                   help="screening log and heatmaps (default: %(default)s)")
+    p.add_argument("--models-dir", type=Path, default=Path("/opt/cxr-edge/models"), metavar="DIR",
+                   help="models folder, read-only to the service (default: %(default)s)")
+    p.add_argument("--token-file", type=Path, default=Path("/etc/cxr-edge/token"), metavar="FILE",
+                   help="serve: the web token, readable only by --user (default: %(default)s)")
+    p.add_argument("--host", default="0.0.0.0", help="serve: address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, help="serve: TCP port (default 8080); receive: DICOM port (default 11112)")
+    p.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"), metavar="DIR",
+                   help="where to write the unit (default: %(default)s)")
+    p.add_argument("--print", dest="print_only", action="store_true",
+                   help="print the unit and change nothing")
+    p.add_argument("--no-create-user", action="store_true", help="fail instead of creating a missing --user")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    p.set_defaults(handler=cmd_install_service, extra=[])
+
     p = add("models", "list the shipped models", "List the model files found (name, task, precision, size).",
             parents=())
     p.add_argument("--json", action="store_true", help="print one JSON object per model file")
@@ -692,17 +720,15 @@ def read_token(args) -> str | None:
     ``$CXR_TOKEN``; ``None`` when none is given.
 
     Raises:
-        ValueError: the token file cannot be read.
+        ValueError: the token file cannot be read, is readable by others, or holds a short token.
     """
     if args.token_file is not None:
-        try:
-            text = args.token_file.read_text(encoding="utf-8")
-            mode = args.token_file.stat().st_mode
-        except (OSError, UnicodeDecodeError) as err:
-            raise ValueError(f"cannot read the token file {args.token_file}: {err}") from err
-        if mode & 0o077:
-            logger.warning("the token file %s is readable by other users: chmod 600 it", args.token_file)
-        return text.rstrip("\r\n")
+        from .service import ServiceError, read_token_file
+
+        try:  # refused unless only its owner may read it (the systemd unit's token file is such a file)
+            return read_token_file(args.token_file)
+        except (ServiceError, UnicodeDecodeError) as err:
+            raise ValueError(str(err)) from err
     if args.token is not None:
         logger.warning("--token is visible to every user of this machine in `ps`; prefer --token-file or $CXR_TOKEN")
         return args.token
@@ -806,6 +832,31 @@ def cmd_receive(args) -> int:
         log.close()
 
 
+def cmd_install_service(args) -> int:
+    """``cxr-edge install-service``: write the systemd unit of serve, watch or receive."""
+    from .service import ServiceConfig, install_service, parse_extra, render_unit
+
+    config = ServiceConfig(service=args.service, user=args.user, state_dir=args.state_dir.absolute(),
+                           models_dir=args.models_dir.absolute(), token_file=args.token_file.absolute(),
+                           folder=args.folder.absolute() if args.folder else None, host=args.host, port=args.port,
+                           extra_args=parse_extra(args.extra))
+    if args.print_only:
+        _out(render_unit(config).rstrip("\n"))
+        return EXIT_OK
+    done = install_service(config, args.unit_dir, create_user=not args.no_create_user)
+    if done["user_created"]:
+        _err(f"created the system user {config.user}")
+    if done["token_created"]:
+        _err(f"wrote a new token to {config.token_file} (mode 600, owner {config.user}); give it to the clinic's "
+             "browsers")
+    if done["models_copied"]:
+        _err(f"copied {done['models_copied']} model files to {config.models_dir}")
+    _err(f"wrote {done['unit']}; next:")
+    for command in done["next"]:
+        _out(f"  {command}")
+    return EXIT_OK
+
+
 def cmd_models(args) -> int:
     """``cxr-edge models``: the model files found, with task, precision and size."""
     from .models import find_models_dir, list_models
@@ -828,8 +879,16 @@ def cmd_models(args) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``cxr-edge``; returns the exit code (see ``cxr-edge --help``)."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        unknown = [a for a in unknown if a != "--"]
+        # Only install-service takes arguments of its own after "--" (for the command in the unit).
+        extra = argv[argv.index("--") + 1:] if "--" in argv else []
+        if unknown and not (hasattr(args, "extra") and unknown == extra):
+            parser.error("unrecognized arguments: " + " ".join(unknown))
+        if hasattr(args, "extra"):
+            args.extra = unknown
     except SystemExit as exit_:  # --help, --version (0) or a usage error (2): a code, not an exception
         return exit_.code if isinstance(exit_.code, int) else EXIT_ERROR
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import tracemalloc
 
@@ -73,7 +74,8 @@ def test_bad_input_gets_its_specific_error(tmp_path, filename, build, error, wor
     assert words.lower() in str(info.value).lower()
     assert info.value.code == error.code
     # Bounded refusal: a decompression bomb is refused from its header, not decoded.
-    assert elapsed < 2.0 and peak < 64 * 1024 * 1024
+    # CXR_TEST_TIME_SCALE: emulated arm64 in CI (benchmarks/arm64.sh) runs tens of times slower.
+    assert elapsed < 2.0 * float(os.environ.get("CXR_TEST_TIME_SCALE", "1")) and peak < 64 * 1024 * 1024
 
 
 def test_missing_file_and_folder(tmp_path):
