@@ -20,7 +20,7 @@ HAS_TF = importlib.util.find_spec("tensorflow") is not None
 # environment that has only the runtime (the TensorFlow-free checks in .ci/run) their tests are not collected.
 HAS_REPO_TOOLS = importlib.util.find_spec("training") is not None and importlib.util.find_spec("benchmarks") is not None
 collect_ignore_glob = [] if HAS_REPO_TOOLS else [
-    "test_training_*.py", "test_export.py", "test_benchmarks.py", "test_metadata.py", "test_web_load.py"]
+    "test_training_*.py", "test_shift.py", "test_export.py", "test_benchmarks.py", "test_metadata.py", "test_web_load.py"]
 needs_tf = pytest.mark.skipif(not HAS_TF, reason="needs TensorFlow (training/export environment)")
 needs_shared_data = pytest.mark.skipif(not (SHARED_DATA / "chest_xray" / "train").is_dir(),
                                        reason=f"real data not found at {SHARED_DATA}")
