@@ -471,6 +471,7 @@ def run(args, argv: list[str]) -> dict:
     out = args.out or DEFAULT_OUT
     out.mkdir(parents=True, exist_ok=True)
     from training.data import default_cache_dir
+    from training.train import portable_path
 
     cache_dir = args.cache_dir or default_cache_dir()
     workdir = Path(tempfile.mkdtemp(prefix="cxr-bench-work-"))
@@ -489,11 +490,13 @@ def run(args, argv: list[str]) -> dict:
             results["data_note"] = (f"synthetic images ({synthetic}); validation side of the tiny model's split"
                                     if args.data is None else f"every image of {args.data}")
         else:
-            results["data_note"] = (f"every image of {args.data} (all of it, per task; see each task's line)"
-                                    if args.data else "each model's own validation split (split.json in its "
-                                    f"training folder) over {SHARED_DATA}, grouped by patient and near-duplicate")
+            # Paths relative to the repository: the report names no machine.
+            results["data_note"] = (f"every image of {portable_path(args.data)} (all of it, per task; see each "
+                                    "task's line)" if args.data else "each model's own validation split (split.json "
+                                    f"in its training folder) over {portable_path(SHARED_DATA)}, grouped by patient "
+                                    "and near-duplicate")
         results["title"] = ("QUICK smoke run (tiny synthetic model)" if args.quick else
-                            f"cxr_<task>_{args.input_size} models in {assets}")
+                            f"cxr_<task>_{args.input_size} models in {portable_path(assets)}")
 
         # 1 + 2: accuracy and heatmap parity
         plot_data = section_accuracy(args, settings, assets, results)

@@ -64,6 +64,7 @@ def load_eval_data(models: TaskModels, spec: ModelSpec, data: Path | None, share
     """
     from training.data import TASKS, load_dataset, load_split
     from training.evaluate import task_for_folder
+    from training.train import portable_path
 
     if data is not None:
         dataset = load_dataset(data, task_for_folder(spec, Path(data)), spec, cache_dir=cache_dir, progress=progress)
@@ -78,7 +79,7 @@ def load_eval_data(models: TaskModels, spec: ModelSpec, data: Path | None, share
             root = Path(__file__).resolve().parent.parent / root
         dataset = load_dataset(root, task, spec, cache_dir=cache_dir, progress=progress)
         _, indices = load_split(models.train_dir / "split.json", dataset)
-        description = (f"validation side of {models.train_dir / 'split.json'} over {root} "
+        description = (f"validation side of {portable_path(models.train_dir / 'split.json')} over {portable_path(root)} "
                        f"(grouped by patient and near-duplicate; {len(indices)} images")
     labels = dataset.labels[indices]
     counts = ", ".join(f"{label} {int((labels == i).sum())}" for i, label in enumerate(spec.labels))
@@ -91,7 +92,7 @@ def lung_localization_report(dataset, indices: np.ndarray, features: np.ndarray,
     from edge_runtime.cam import compute_cam
     from edge_runtime.classifier import decide
     from training.data import load_masks
-    from training.metrics import lung_localization
+    from training.metrics import lung_localization_by_group
 
     masks, present = load_masks(dataset, mask_root)
     keep = np.nonzero(present[indices])[0]
@@ -101,24 +102,8 @@ def lung_localization_report(dataset, indices: np.ndarray, features: np.ndarray,
     weights = np.asarray(spec.cam_weights, dtype=np.float32)
     cams = np.stack([compute_cam(features[k], weights, int(c)) for k, c in zip(keep, called)])
     pops = np.array([dataset.samples[indices[k]].population for k in keep])
-    out = {}
-    for label_index, label in enumerate(spec.labels):
-        for pop in sorted(set(pops.tolist())):
-            sel = (called == label_index) & (pops == pop)
-            if sel.any():
-                out[f"{label}|{pop}"] = lung_localization(cams[sel], masks[indices[keep[sel]]])
-    return out
-
-
-def population_metrics(dataset, indices: np.ndarray, probs: np.ndarray, spec: ModelSpec, n_boot: int,
-                       seed: int) -> dict:
-    """Every screening metric per population (children, adults, ...) for one set of probabilities."""
-    from training.metrics import evaluate_predictions
-
-    pops = np.array([dataset.samples[i].population for i in indices])
-    labels = dataset.labels[indices]
-    return {pop: evaluate_predictions(labels[pops == pop], probs[pops == pop], spec, n_boot=n_boot, seed=seed)
-            for pop in sorted(set(pops.tolist()))}
+    groups = lung_localization_by_group(cams, masks[indices[keep]], called, pops, spec.labels)
+    return {f"{label}|{pop}": stats for (label, pop), stats in groups.items()}
 
 
 def evaluate_task(models: TaskModels, data: Path | None, shared_data: Path, cache_dir: Path | None,
@@ -134,6 +119,7 @@ def evaluate_task(models: TaskModels, data: Path | None, shared_data: Path, cach
     from export.parity import compare, run_tflite
     from training.gradcam import gradcam_heatmaps
     from training.metrics import evaluate_predictions, positive_score
+    from training.report import population_breakdown
     from training.train import default_mask_root, predict_probs
 
     spec = ModelSpec.load(models.spec_path)
@@ -175,7 +161,7 @@ def evaluate_task(models: TaskModels, data: Path | None, shared_data: Path, cach
     if "int8_cam" in features:
         localization = lung_localization_report(dataset, indices, features["int8_cam"], probs["int8_cam"], spec,
                                                 default_mask_root(dataset.root))
-    by_population = {key: population_metrics(dataset, indices, probs[key], spec, n_boot, seed)
+    by_population = {key: population_breakdown(dataset, indices, probs[key], spec, seed=seed, n_boot=n_boot)
                      for key in ("keras", "int8") if key in probs}
     neg = spec.negative_index
     positive = (labels != neg).astype(int)

@@ -264,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Run the measurement; exit code 0 when both targets are met, 1 when not, 2 without data."""
+    from training.train import portable_path  # the report records paths relative to the repository
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -321,7 +323,7 @@ def main(argv=None) -> int:
     summary["targets_met"] = bool(met)
     report = {"summary": summary, "thresholds": thresholds(), "xray_sets": xrays, "photo_sets": photo_sets,
               "ood_corpus": corpus,
-              "xray_extremes": extremes(all_rows), "data": str(args.data)}
+              "xray_extremes": extremes(all_rows), "data": portable_path(args.data)}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")

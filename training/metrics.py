@@ -172,3 +172,27 @@ def lung_localization(cams: np.ndarray, masks: np.ndarray) -> dict:
         "lung_area_mean": float(np.mean([(m > 0).mean() for m in masks])) if len(masks) else float("nan"),
         "no_heat": int(no_heat),
     }
+
+
+def lung_localization_by_group(cams: np.ndarray, masks: np.ndarray, called: np.ndarray, populations: np.ndarray,
+                               labels) -> dict:
+    """:func:`lung_localization` of each (shown label, population) pair that has films.
+
+    Args:
+        cams: (N, h, w) heatmaps of the shown label.
+        masks: (N, H, W) lung masks of the same films.
+        called: (N,) shown label index of each film.
+        populations: (N,) population of each film.
+        labels: Label names in index order.
+
+    Returns:
+        ``{(label, population): lung_localization(...)}`` in label, then population order.
+    """
+    populations = np.asarray(populations)
+    out = {}
+    for label_index, label in enumerate(labels):
+        for pop in sorted(set(populations.tolist())):
+            sel = (np.asarray(called) == label_index) & (populations == pop)
+            if sel.any():
+                out[(label, pop)] = lung_localization(cams[sel], masks[sel])
+    return out

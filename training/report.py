@@ -122,7 +122,8 @@ def keras_cams(model, planes: np.ndarray, class_indices: np.ndarray, batch_size:
     return np.stack(cams) if cams else np.zeros((0, 1, 1), np.float32)
 
 
-def population_breakdown(dataset, indices: np.ndarray, probs: np.ndarray, spec: ModelSpec, seed: int = 0) -> dict:
+def population_breakdown(dataset, indices: np.ndarray, probs: np.ndarray, spec: ModelSpec, seed: int = 0,
+                         n_boot: int = 300) -> dict:
     """Every metric of :func:`evaluate_predictions` for each population alone (children, adults...)."""
     from .metrics import evaluate_predictions
 
@@ -130,7 +131,7 @@ def population_breakdown(dataset, indices: np.ndarray, probs: np.ndarray, spec: 
     out = {}
     for pop in sorted(set(pops.tolist())):
         sel = pops == pop
-        out[pop] = evaluate_predictions(dataset.labels[indices][sel], probs[sel], spec, n_boot=300, seed=seed)
+        out[pop] = evaluate_predictions(dataset.labels[indices][sel], probs[sel], spec, n_boot=n_boot, seed=seed)
     return out
 
 
@@ -139,22 +140,17 @@ def localization_breakdown(model, dataset, indices: np.ndarray, probs: np.ndarra
     """Lung localisation of the shown label's heatmap, per (called label, population), masked images only."""
     from edge_runtime.classifier import decide
 
-    from .metrics import lung_localization
+    from .metrics import lung_localization_by_group
 
-    keep = np.asarray([i for i in range(len(indices)) if has_mask[indices[i]]], dtype=np.int64)
+    keep = np.nonzero(has_mask[indices])[0]
     if not len(keep):
         return {}
     idx = indices[keep]
     called = decide(probs[keep], spec.negative_index, spec.threshold)
     cams = keras_cams(model, dataset.images[idx], called)
     pops = np.array([dataset.samples[i].population for i in idx])
-    out = {}
-    for label_index, label in enumerate(spec.labels):
-        for pop in sorted(set(pops.tolist())):
-            sel = (called == label_index) & (pops == pop)
-            if sel.any():
-                out[f"called {label}, {pop}"] = lung_localization(cams[sel], masks[idx][sel])
-    return out
+    groups = lung_localization_by_group(cams, masks[idx], called, pops, spec.labels)
+    return {f"called {label}, {pop}": stats for (label, pop), stats in groups.items()}
 
 
 def breakdown_markdown(populations: dict, localization: dict, unseen: dict) -> str:
