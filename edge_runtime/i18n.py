@@ -94,7 +94,7 @@ def population_text(spec: Any, spec_path: str | Path | None = None, language: st
     carry the field, else a per-task default from the catalog.
     """
     value = getattr(spec, "populations", None)
-    if value is None and spec_path is not None:
+    if not value and spec_path is not None:
         try:
             value = json.loads(Path(spec_path).read_text(encoding="utf-8")).get("populations")
         except (OSError, ValueError, AttributeError):

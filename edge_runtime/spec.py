@@ -11,7 +11,9 @@ from typing import Any, Mapping
 from .errors import ModelError
 
 #: Bump when a field changes meaning; the runtime refuses specs newer than it understands.
-SPEC_VERSION = 1
+#: 2: adds ``title``, ``description``, ``populations`` and ``population_check`` (a runtime that
+#: ignored ``population_check`` would stay silent on a film from outside the validated population).
+SPEC_VERSION = 2
 
 #: Suffix of the JSON sidecar written next to the model files.
 SPEC_SUFFIX = ".spec.json"
@@ -49,6 +51,14 @@ class ModelSpec:
         cam_bias: (num_classes,) bias of that layer (kept for completeness; CAM ignores it).
         training: Provenance (data path, seed, command, commit, date).
         files: File name -> sha256 of each exported artifact.
+        title: Short human title of the task (e.g. "Pneumonia screening, children and adults").
+        description: What the model tells apart and from which data (one sentence or two).
+        populations: Populations the model was trained and validated on (``children``, ``adults``).
+        population_check: Optional check that a film belongs to the validated population: a
+            logistic regression on the model's global-average-pooled feature map, with keys
+            ``expected`` (population), ``other`` (the population it flags), ``mean``, ``scale``,
+            ``weights`` (one per feature channel), ``bias``, ``threshold`` (on the probability of
+            ``other``) and ``validation`` (its measured accuracy). See :mod:`edge_runtime.population`.
     """
 
     name: str
@@ -72,6 +82,10 @@ class ModelSpec:
     cam_bias: tuple[float, ...] | None = None
     training: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     files: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    title: str = ""
+    description: str = ""
+    populations: tuple[str, ...] = ()
+    population_check: Mapping[str, Any] | None = None
 
     def __post_init__(self):
         if len(self.labels) < 2:
@@ -121,6 +135,8 @@ class ModelSpec:
         data["cam_bias"] = list(self.cam_bias) if self.cam_bias else None
         data["training"] = dict(self.training)
         data["files"] = dict(self.files)
+        data["populations"] = list(self.populations)
+        data["population_check"] = dict(self.population_check) if self.population_check else None
         return data
 
     @classmethod
@@ -141,6 +157,11 @@ class ModelSpec:
             kwargs["cam_weights"] = tuple(tuple(float(v) for v in row) for row in kwargs["cam_weights"])
         if kwargs.get("cam_bias"):
             kwargs["cam_bias"] = tuple(float(v) for v in kwargs["cam_bias"])
+        if "populations" in kwargs:
+            value = kwargs["populations"] or ()
+            if isinstance(value, Mapping):
+                value = value.get("validated") or value.get("description") or ()
+            kwargs["populations"] = (value,) if isinstance(value, str) else tuple(str(v) for v in value)
         try:
             return cls(**kwargs)
         except TypeError as err:
