@@ -28,10 +28,10 @@ from ..i18n import plain_result, population_text, task_title, translator
 from ..imaging import is_dicom
 from ..log import local_time
 from ..models import model_title
-from .app import ApiError, get_state
 from .language import request_language
 from .models import UnknownModelError
 from .report import NOTICE, render_report
+from .state import ApiError, get_state
 from .store import PREVIEW_SIDE, encode_jpeg
 
 logger = logging.getLogger(__name__)

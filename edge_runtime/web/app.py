@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import hmac
 import logging
-import time
 from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
@@ -18,7 +16,10 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from ..errors import CxrError, ModelError
 from .camera import FrameTaker, detect_camera
 from .config import WebConfig, is_loopback
+from .api import api
 from .models import ModelEntry, ModelRegistry, discover_models
+from .pages import pages
+from .state import STATE_KEY, ApiError, WebState, get_state
 from .store import ImageStore, images_dir_for
 
 logger = logging.getLogger(__name__)
@@ -40,49 +41,6 @@ SECURITY_HEADERS = {
     "Permissions-Policy": "camera=(), microphone=(), geolocation=(), interest-cohort=()",
 }
 _AUTH_CHALLENGE = 'Basic realm="cxr-edge", charset="UTF-8"'
-
-
-class ApiError(Exception):
-    """An error answered as ``{"error": {"code": ..., "message": ...}}`` with an HTTP status.
-
-    Args:
-        status: HTTP status code.
-        code: Stable machine-readable code.
-        message: Human-readable explanation (never a stack trace, never patient data).
-        extra: More fields for the ``error`` object (e.g. ``reason``).
-    """
-
-    def __init__(self, status: int, code: str, message: str, **extra: Any):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.extra = extra
-
-
-@dataclasses.dataclass
-class WebState:
-    """What request handlers share: settings, models, log and image store."""
-
-    config: WebConfig
-    registry: ModelRegistry
-    log: Any
-    store: ImageStore
-    camera: Any = None
-    started: float = dataclasses.field(default_factory=time.time)
-
-    def close(self) -> None:
-        self.registry.close()
-        close = getattr(self.log, "close", None)
-        if close is not None:
-            close()
-
-
-def get_state(app: Flask | None = None) -> WebState:
-    """The :class:`WebState` of ``app`` (default: the current app)."""
-    from flask import current_app
-
-    return (app or current_app).extensions["cxr_edge"]
 
 
 def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None,
@@ -177,11 +135,7 @@ def create_app(config: WebConfig | Mapping[str, Any] | None = None) -> Flask:
         TEMPLATES_AUTO_RELOAD=False,
     )
     app.json.sort_keys = False
-    app.extensions["cxr_edge"] = state
-
-    from .api import api
-    from .pages import pages
-
+    app.extensions[STATE_KEY] = state
     app.register_blueprint(api)
     app.register_blueprint(pages)
     _install_guards(app, config)

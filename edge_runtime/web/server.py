@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-from .app import SECURITY_HEADERS, create_app, get_state, upload_limit_message
+from .app import SECURITY_HEADERS, create_app, upload_limit_message
 from .config import (
     DEFAULT_HOST,
     DEFAULT_MAX_UPLOAD_BYTES,
@@ -19,6 +19,7 @@ from .config import (
     WebConfig,
     is_loopback,
 )
+from .state import get_state
 
 logger = logging.getLogger(__name__)
 

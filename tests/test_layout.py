@@ -1,0 +1,94 @@
+"""The package's layout: sibling imports without cycles, web modules importable alone, one error hierarchy."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import edge_runtime
+
+PACKAGE_DIR = Path(edge_runtime.__file__).resolve().parent
+HAS_FLASK = importlib.util.find_spec("flask") is not None
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _module_level_imports(path: Path) -> set[str]:
+    """The ``edge_runtime`` modules ``path`` imports at module level (not inside functions)."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:  # top-level statements only
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("edge_runtime"))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if not target.startswith("edge_runtime"):
+                continue
+            for alias in node.names:  # ``from . import web`` names a module, not an attribute
+                candidate = f"{target}.{alias.name}"
+                sub = PACKAGE_DIR.parent.joinpath(*candidate.split("."))
+                found.add(candidate if sub.with_suffix(".py").is_file() or (sub / "__init__.py").is_file()
+                          else target)
+    found.discard(name)
+    return found
+
+
+def _import_graph() -> dict[str, set[str]]:
+    graph = {}
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        name = _module_name(path)
+        # A package's __init__ importing its own modules is how the public API is gathered, not a dependency
+        # of those modules on each other.
+        graph[name] = {t for t in _module_level_imports(path)
+                       if not (path.name == "__init__.py" and t.startswith(name + "."))}
+    return graph
+
+
+def test_no_import_cycles_between_runtime_modules():
+    graph = _import_graph()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == 1:
+                cycle = path[path.index(target):] + [target]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if target not in state:
+                visit(target)
+        path.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+
+
+@pytest.mark.skipif(not HAS_FLASK, reason="the web extra (Flask) is not installed")
+@pytest.mark.parametrize("module", ["edge_runtime.web.state", "edge_runtime.web.api", "edge_runtime.web.pages",
+                                    "edge_runtime.web.app", "edge_runtime.web.server"])
+def test_each_web_module_imports_first_in_a_fresh_interpreter(module):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_DIR.parent), env.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
