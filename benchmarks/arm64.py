@@ -264,7 +264,7 @@ def _git_commit() -> str | None:
 
 def compare_pair(name: str, ref: dict, other: dict, assets: Path) -> tuple[dict, list[str]]:
     """The comparison of one runtime's probes (x86 reference, arm64 other) and its failures."""
-    from edge_runtime.models import resolve_model
+    from edge_runtime.model_files import resolve_model
 
     default_model = resolve_model("binary", assets).name
     comparison = Comparison(name, ref, other, assets)

@@ -99,7 +99,7 @@ def probe_api(samples: list[Path], models_dir: Path) -> dict:
     sha256 shows whether decoding and resizing gave the same pixels as on the other machine."""
     from edge_runtime import Classifier, ClassifierOptions
     from edge_runtime.imaging import load_image, prepare_input
-    from edge_runtime.models import list_models
+    from edge_runtime.model_files import list_models
 
     images = {p.name: load_image(p.read_bytes(), name=p.name) for p in samples}
     out = {}
@@ -243,7 +243,7 @@ def main(argv=None) -> int:
                              "are always run)")
     args = parser.parse_args(argv)
 
-    from edge_runtime.models import find_models_dir, resolve_model
+    from edge_runtime.model_files import find_models_dir, resolve_model
 
     samples = sorted(p for p in args.samples.rglob("*") if p.is_file() and p.suffix.lower() in (".jpeg", ".jpg", ".png"))
     if not samples:

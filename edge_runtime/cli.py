@@ -314,7 +314,7 @@ def _report_failure(name: str, err: BaseException) -> None:
 def open_classifier(args):
     """The classifier named by ``--model`` (exits 2 via ModelError when unusable)."""
     from .classifier import Classifier, ClassifierOptions
-    from .models import resolve_model
+    from .model_files import resolve_model
 
     path = resolve_model(args.model)
     options = ClassifierOptions(num_threads=args.threads, quality_gate=not args.no_quality_gate)
@@ -578,7 +578,7 @@ def cmd_camera(args) -> int:
 
 def _known_labels(log) -> list[str]:
     """Labels of the shipped models and of the log, for checking ``history --label``."""
-    from .models import list_models
+    from .model_files import list_models
 
     labels = set(log.labels())
     try:
@@ -591,7 +591,7 @@ def _known_labels(log) -> list[str]:
 def cmd_history(args) -> int:
     """``cxr-edge history``: recent rows of the screening log, or all of them as CSV."""
     from .log import ScreeningLog, default_log_path, local_time
-    from .models import model_title
+    from .model_files import model_title
 
     path = args.log or default_log_path()
     if not Path(path).is_file():
@@ -737,7 +737,7 @@ def read_token(args) -> str | None:
 
 def cmd_serve(args) -> int:
     """``cxr-edge serve``: the clinic web page and JSON API (:func:`edge_runtime.web.serve`)."""
-    from .models import find_models_dir, resolve_model
+    from .model_files import find_models_dir, resolve_model
     from .spec import ModelSpec, find_spec_for_model
 
     try:
@@ -772,7 +772,7 @@ def cmd_serve(args) -> int:
 
 def cmd_receive(args) -> int:
     """``cxr-edge receive``: a DICOM storage node (:class:`edge_runtime.receive.StorageNode`) until Ctrl+C."""
-    from .models import model_title
+    from .model_files import model_title
     from .receive import CLASSIFIED, DUPLICATE, DicomNodeError, ForwardTarget, StorageNode, parse_allow
 
     try:
@@ -859,7 +859,7 @@ def cmd_install_service(args) -> int:
 
 def cmd_models(args) -> int:
     """``cxr-edge models``: the model files found, with task, precision and size."""
-    from .models import find_models_dir, list_models
+    from .model_files import find_models_dir, list_models
 
     folder = find_models_dir()
     models = list_models(folder)

@@ -282,7 +282,7 @@ def install_service(config: ServiceConfig, unit_dir: Path = DEFAULT_UNIT_DIR, *,
     Raises:
         ServiceError: the user is missing, or the token file is unsafe.
     """
-    from .models import find_models_dir
+    from .model_files import find_models_dir
 
     user_created = ensure_user(config.user, Path(config.state_dir), create_user)
     token_created = write_token_file(Path(config.token_file), config.user) if config.service == "serve" else False

@@ -238,7 +238,7 @@ def test_entry_point_in_a_subprocess(tmp_path):
 
 def test_model_names_resolve(binary_models, monkeypatch, tmp_path):
     from edge_runtime.errors import ModelError
-    from edge_runtime.models import find_models_dir, list_models, resolve_model, short_name
+    from edge_runtime.model_files import find_models_dir, list_models, resolve_model, short_name
 
     folder = binary_models["dir"]
     monkeypatch.setenv("CXR_MODELS", str(folder))

@@ -92,3 +92,18 @@ def test_each_web_module_imports_first_in_a_fresh_interpreter(module):
     done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, env=env,
                           timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_installed_models_are_looked_for_where_setup_py_puts_them(monkeypatch):
+    from edge_runtime.model_files import MODELS_ENV, candidate_dirs
+
+    setup_py = PACKAGE_DIR.parent / "setup.py"
+    if not setup_py.is_file():
+        pytest.skip("not a checkout: no setup.py")
+    call = next(node for node in ast.walk(ast.parse(setup_py.read_text(encoding="utf-8")))
+                if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "setup")
+    package_dir = ast.literal_eval(next(k.value for k in call.keywords if k.arg == "package_dir"))
+    (data_package,) = [name for name, folder in package_dir.items() if folder == "android_assets"]
+    assert data_package.startswith("edge_runtime.")
+    monkeypatch.delenv(MODELS_ENV, raising=False)
+    assert PACKAGE_DIR.joinpath(*data_package.split(".")[1:]) in candidate_dirs()

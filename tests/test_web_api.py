@@ -22,7 +22,7 @@ from edge_runtime.errors import ModelError
 from edge_runtime.web import WebConfig, create_app, create_server
 from edge_runtime.web.api import sniff_format
 from edge_runtime.web.config import is_loopback
-from edge_runtime.web.models import choose_model_file, discover_models
+from edge_runtime.web.registry import choose_model_file, discover_models
 from edge_runtime.web.store import images_dir_for
 from runtime_models import binary_models  # noqa: F401 - fixture
 

@@ -27,9 +27,9 @@ from ..errors import (
 from ..i18n import plain_result, population_text, task_title, translator
 from ..imaging import is_dicom
 from ..log import local_time
-from ..models import model_title
+from ..model_files import model_title
 from .language import request_language
-from .models import UnknownModelError
+from .registry import UnknownModelError
 from .report import NOTICE, render_report
 from .state import ApiError, get_state
 from .store import PREVIEW_SIDE, encode_jpeg

@@ -17,7 +17,7 @@ from ..errors import CxrError, ModelError
 from .camera import FrameTaker, detect_camera
 from .config import WebConfig, is_loopback
 from .api import api
-from .models import ModelEntry, ModelRegistry, discover_models
+from .registry import ModelEntry, ModelRegistry, discover_models
 from .pages import pages
 from .state import STATE_KEY, ApiError, WebState, get_state
 from .store import ImageStore, images_dir_for

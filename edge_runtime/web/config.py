@@ -39,7 +39,7 @@ class WebConfig:
 
     Attributes:
         models: A models folder (every ``*.spec.json`` in it), a spec file, a ``.tflite`` file,
-            or a sequence of these; ``None``: :func:`edge_runtime.models.find_models_dir`
+            or a sequence of these; ``None``: :func:`edge_runtime.model_files.find_models_dir`
             (``$CXR_MODELS``, the installed models, the repository's ``android_assets/``).
         log_path: SQLite screening log; ``None``: :func:`edge_runtime.log.default_log_path`
             (``$CXR_LOG`` or ``~/.local/share/cxr-edge/screenings.db``). Thumbnails are kept in
@@ -138,6 +138,6 @@ class WebConfig:
         """
         if self.models is not None:
             return self.models
-        from ..models import find_models_dir
+        from ..model_files import find_models_dir
 
         return find_models_dir()

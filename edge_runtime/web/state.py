@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask, current_app
 
 from .config import WebConfig
-from .models import ModelRegistry
+from .registry import ModelRegistry
 from .store import ImageStore
 
 #: Key of the app's :class:`WebState` in ``app.extensions``.

@@ -1,4 +1,4 @@
-"""Finding the shipped models: by short name (``binary``, ``covid-fp16``) or by path."""
+"""Finding the shipped model files: by short name (``binary``, ``covid-fp16``) or by path."""
 
 from __future__ import annotations
 
@@ -33,11 +33,11 @@ _NAME_PATTERN = re.compile(r"^(?P<task>[a-z0-9]+)(?:[-_](?P<precision>int8|uint8
 
 def candidate_dirs() -> list[Path]:
     """Where models are looked for, in order: ``$CXR_MODELS``, the installed package data
-    (``edge_runtime/models``), the repository's ``android_assets/`` next to the package."""
+    (``edge_runtime/assets``), the repository's ``android_assets/`` next to the package."""
     dirs = []
     if os.environ.get(MODELS_ENV):
         dirs.append(Path(os.environ[MODELS_ENV]).expanduser())
-    dirs.append(_PACKAGE_DIR / "models")
+    dirs.append(_PACKAGE_DIR / "assets")
     dirs.append(_PACKAGE_DIR.parent / "android_assets")
     return dirs
 

@@ -1,4 +1,4 @@
-"""The models a web server offers: found from their spec files, each loaded once, lazily, and shared."""
+"""The registry of models a web server offers: found from their spec files, each loaded once, lazily, and shared."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ..errors import ModelError
-from ..models import TASK_TITLES, list_models
+from ..model_files import TASK_TITLES, list_models
 from ..spec import SPEC_SUFFIX, ModelSpec, find_spec_for_model
 
 logger = logging.getLogger(__name__)
