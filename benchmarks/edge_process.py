@@ -46,7 +46,7 @@ def _classifier(model: str, threads: int, quality_gate: bool):
 def run_coldstart(config: dict) -> dict:
     """Import the runtime, load one model and classify one image with its heatmap, timing each step."""
     t_start = _T0
-    from edge_runtime.cam import fit_within, overlay_heatmap
+    from edge_runtime.render import fit_within, overlay_heatmap
     from edge_runtime.classifier import Classifier  # noqa: F401  (its import time belongs to "imports")
 
     t_imported = time.perf_counter()
@@ -154,7 +154,7 @@ def run_endtoend(config: dict) -> dict:
 
 def _e2e_call(clf, path: str, record: dict):
     """One end-to-end call: classify the file with its heatmap, then draw the overlay; stage times into ``record``."""
-    from edge_runtime.cam import fit_within, overlay_heatmap
+    from edge_runtime.render import fit_within, overlay_heatmap
 
     def call():
         result = clf.classify(path, heatmap=True)

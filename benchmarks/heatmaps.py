@@ -63,7 +63,7 @@ def plot_examples(rows: list[dict], path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from edge_runtime.cam import overlay_heatmap
+    from edge_runtime.render import overlay_heatmap
 
     columns = ["image"] + list(rows[0]["maps"])
     fig, axes = plt.subplots(len(rows), len(columns), figsize=(2.1 * len(columns), 2.25 * len(rows)), squeeze=False)

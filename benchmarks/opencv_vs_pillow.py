@@ -42,7 +42,8 @@ def largest_scan() -> Path:
 
 
 def measure(runs: int = 80) -> dict:
-    from edge_runtime.cam import colorize, overlay_heatmap, upsample
+    from edge_runtime.cam import upsample
+    from edge_runtime.render import colorize, overlay_heatmap
     from edge_runtime.imaging import load_image
 
     path = largest_scan()

@@ -19,6 +19,7 @@ from . import __version__
 from .camera import CameraError
 from .errors import CxrError, ModelError, RuntimeUnavailableError, StorageError
 from .log import LogError
+from .render import heatmap_name, save_overlay
 
 logger = logging.getLogger("cxr_edge")
 
@@ -391,8 +392,6 @@ def _table_line(row: dict) -> str:
 def _classify_one(classifier, log, source, name: str, heatmap_dir: Path | None, alpha: float,
                   reference: str | None = None, identifiers: bool = False):
     """Classify, write the heatmap, record; returns (result, heatmap path, log row id)."""
-    from .watch import heatmap_name, save_overlay
-
     result = classifier.classify(source, heatmap=heatmap_dir is not None)
     heatmap = None
     if heatmap_dir is not None:

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .cam import fit_within, overlay_heatmap
 from .i18n import plain_result, translate
+from .render import fit_within, overlay_heatmap
 
 #: Series number of the result series (high, so that viewers list it after the films).
 RESULT_SERIES_NUMBER = 9901

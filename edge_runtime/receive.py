@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from .errors import CxrError, ImageTooLargeError, InvalidImageError, NotChestXrayError, UnsupportedFormatError
 from .log import LogError, instance_key
+from .render import heatmap_name, save_overlay
 
 logger = logging.getLogger(__name__)
 
@@ -373,8 +374,6 @@ class StorageNode:
         """Heatmap PNG (with ``heatmap_dir``) and the web history's thumbnail; returns the heatmap path logged."""
         path = None
         if self.heatmap_dir is not None:
-            from .watch import heatmap_name, save_overlay
-
             path = str(save_overlay(result, self.heatmap_dir / heatmap_name("", result.image_sha256),
                                     alpha=self.alpha))
         if self._store is not None:

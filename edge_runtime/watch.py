@@ -15,13 +15,11 @@ import time
 from pathlib import Path
 from typing import Iterator, Union
 
-from PIL import Image
-
-from .cam import fit_within, overlay_heatmap, side_by_side
 from .errors import CxrError, InvalidImageError, ModelError, NotChestXrayError, StorageError
 from .errors import InputNotFoundError
 from .files import write_atomic
 from .imaging import read_bytes
+from .render import heatmap_name, save_overlay
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +33,6 @@ DEFAULT_SETTLE_SECONDS = 2.0
 GRACE_FACTOR = 10.0
 #: Suffix of the note written beside a file that could not be classified.
 ERROR_SUFFIX = ".error.txt"
-#: Longest side of the saved heatmap panels (each half of the side-by-side PNG): the heatmap
-#: comes from a feature map of a few cells a side, so more pixels only cost encoding time.
-OVERLAY_MAX_SIDE = 640
-#: zlib level of the heatmap PNGs: 1 encodes about 4x faster than the default 6 for ~30% more bytes.
-PNG_COMPRESS_LEVEL = 1
 # Names that scanners, browsers and copy tools use while a file is still being written.
 _PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".download", "~")
 
@@ -73,47 +66,6 @@ class WatchOutcome:
     error_code: str | None = None
     moved_to: Path | None = None
     heatmap_path: Path | None = None
-
-
-def save_overlay(result, path: PathLike, alpha: float = 0.4, max_side: int = OVERLAY_MAX_SIDE) -> Path:  # noqa: D417
-    """Write the original | heatmap-overlay PNG of a classification.
-
-    Args:
-        result: A :class:`~edge_runtime.classifier.Result` computed with ``heatmap=True``.
-        path: PNG file to write (its folder is created; written atomically).
-        alpha: Heatmap weight in the overlay, 0-1.
-        max_side: Each panel is shrunk to at most this many pixels a side.
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
-
-    Raises:
-        ValueError: the result carries no heatmap or image.
-        StorageError: the file cannot be written (disk full, read-only folder).
-    """
-    if result.heatmap is None or result.image is None:
-        raise ValueError("this result has no heatmap: classify with heatmap=True on a *_cam model")
-    image = fit_within(result.image, max_side)
-    panel = side_by_side(image, overlay_heatmap(image, result.heatmap, alpha=alpha))
-    path = Path(path)
-    buffer = io.BytesIO()
-    Image.fromarray(panel).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    try:
-        write_atomic(path, buffer.getvalue())
-    except OSError as err:
-        raise StorageError(f"cannot write the heatmap {path}: {err.strerror or err}") from err
-    return path
-
-
-def heatmap_name(source_name: str, image_sha256: str, identifiers: bool = False) -> str:
-    """``<sha256[:16]>.heatmap.png``: named by content only, because the source's file name may
-    carry a patient's name and heatmap paths go into the screening log. With ``identifiers``
-    (``--store-identifiers``): ``<input stem>-<sha256[:8]>.heatmap.png``, easier to match by eye."""
-    stem = Path(source_name).stem if source_name else ""
-    if identifiers and stem:
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:80]
-        return f"{safe}-{image_sha256[:8]}.heatmap.png"
-    return f"{image_sha256[:16]}.heatmap.png"
 
 
 def _unique_target(folder: Path, name: str) -> Path:

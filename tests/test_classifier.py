@@ -17,7 +17,7 @@ from edge_runtime import Classifier, ClassifierOptions, Result
 from edge_runtime.classifier import _dequantize, _quantize
 from edge_runtime.errors import ModelError, ModelIntegrityError, NotChestXrayError
 from edge_runtime.spec import ModelSpec
-from edge_runtime.watch import save_overlay
+from edge_runtime.render import save_overlay
 from runtime_models import FULLRES, binary_models, needs_fullres, xray_like  # noqa: F401 - fixture
 
 NO_GATE = ClassifierOptions(quality_gate=False)

@@ -93,7 +93,7 @@ def test_full_disk_under_the_log_leaves_watched_files_for_the_next_run(capsys, e
 
 
 def test_full_disk_under_the_heatmaps_stops_the_watcher_without_failing_the_scan(capsys, env, monkeypatch):
-    import edge_runtime.watch as watch
+    import edge_runtime.render as render
 
     inbox = env / "inbox"
     write_images(inbox, 1)
@@ -101,7 +101,7 @@ def test_full_disk_under_the_heatmaps_stops_the_watcher_without_failing_the_scan
     def no_space(path, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(watch, "write_atomic", no_space)
+    monkeypatch.setattr(render, "write_atomic", no_space)
     code, _, err = run(capsys, "watch", inbox, NO_GATE, "--once", "--settle", "0", "--grace", "0",
                        "--heatmap", env / "maps", "--failed", env / "failed", "--log", env / "w.db")
     assert code == 2 and "No space left on device" in err and "cannot write the heatmap" in err

@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import keras
 
-    from edge_runtime.cam import encode_png, fit_within, overlay_heatmap, side_by_side
+    from edge_runtime.render import encode_png, fit_within, overlay_heatmap, side_by_side
     from edge_runtime.errors import CxrError
     from edge_runtime.imaging import load_image, prepare_input
 

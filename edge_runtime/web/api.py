@@ -15,7 +15,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, send_file, url_for
 
-from ..cam import colorize, encode_png, fit_within, upsample
+from ..cam import upsample
 from ..camera import CameraError
 from ..errors import (
     ImageTooLargeError,
@@ -28,11 +28,12 @@ from ..i18n import plain_result, population_text, task_title, translator
 from ..imaging import is_dicom
 from ..log import local_time
 from ..model_files import model_title
+from ..render import colorize, encode_jpeg, encode_png, fit_within
 from .language import request_language
 from .registry import UnknownModelError
 from .report import NOTICE, render_report
 from .state import ApiError, get_state
-from .store import PREVIEW_SIDE, encode_jpeg
+from .store import PREVIEW_SIDE
 
 logger = logging.getLogger(__name__)
 

@@ -6,9 +6,8 @@ import io
 from typing import Any, Callable, Mapping
 
 import numpy as np
-from PIL import Image
 
-from ..cam import overlay_heatmap
+from ..render import encode_jpeg, overlay_heatmap
 
 # The core PDF fonts cover Latin-1 (English, French, Spanish, Portuguese ...); these few common
 # characters outside it are replaced by their nearest Latin-1 spelling rather than dropped.
@@ -28,10 +27,7 @@ def latin1(text: Any) -> str:
 
 
 def _jpeg(image: np.ndarray) -> io.BytesIO:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=90)
-    buffer.seek(0)
-    return buffer
+    return io.BytesIO(encode_jpeg(image, quality=90))
 
 
 def render_pdf(row: Mapping[str, Any], preview: np.ndarray | None, heatmap: np.ndarray | None, *,

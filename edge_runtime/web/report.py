@@ -8,9 +8,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..cam import overlay_heatmap
 from ..i18n import translator
 from ..log import local_time
+from ..render import overlay_heatmap
 
 #: Shown on every page and every report.
 NOTICE = ("Not a medical device. Research and screening support only: a qualified clinician must "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import re
 from pathlib import Path
@@ -10,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..cam import fit_within
 from ..files import write_atomic
+from ..render import encode_jpeg, encode_png, fit_within
 
 #: Longest side of the history thumbnail, in pixels.
 THUMB_SIDE = 128
@@ -25,13 +24,6 @@ def images_dir_for(log_path: str | os.PathLike) -> Path:
     """The folder beside ``log_path`` holding its images: ``<folder>/<log stem>-images``."""
     log_path = Path(log_path)
     return log_path.parent / f"{log_path.stem}-images"
-
-
-def encode_jpeg(rgb: np.ndarray, quality: int = 85) -> bytes:
-    """JPEG bytes of an RGB uint8 array."""
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
 
 
 class ImageStore:
@@ -86,9 +78,7 @@ class ImageStore:
             return None
         path = self.heatmap_path(image_sha256, model_sha256)
         grey = np.clip(np.round(np.asarray(heatmap, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(grey, "L").save(buffer, format="PNG")
-        write_atomic(path, buffer.getvalue())
+        write_atomic(path, encode_png(grey))
         return path
 
     def load_preview(self, image_sha256: str) -> np.ndarray | None:
