@@ -9,7 +9,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .errors import CxrError
+from .errors import CameraError
 
 logger = logging.getLogger(__name__)
 
@@ -19,12 +19,6 @@ DEFAULT_SIZE = (1640, 1232)
 
 _PICAMERA2_HELP = ("picamera2 is not installed. On Raspberry Pi OS: `sudo apt install python3-picamera2` "
                    "(it is not pip-installable into a plain venv; create the venv with --system-site-packages)")
-
-
-class CameraError(CxrError):
-    """The camera is missing, busy, or returned an unusable frame."""
-
-    code = "camera_error"
 
 
 class FrameSource(abc.ABC):

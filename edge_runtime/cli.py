@@ -16,9 +16,15 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from . import __version__
-from .camera import CameraError
-from .errors import CxrError, ModelError, RuntimeUnavailableError, StorageError
-from .log import LogError
+from .errors import (
+    CameraError,
+    CxrError,
+    LogError,
+    ModelError,
+    RuntimeUnavailableError,
+    StorageError,
+    UsageError,
+)
 from .render import heatmap_name, save_overlay
 
 logger = logging.getLogger("cxr_edge")
@@ -341,12 +347,6 @@ def open_log(args):
     from .log import ScreeningLog, default_log_path
 
     return ScreeningLog(args.log or default_log_path(), store_patient_ids=getattr(args, "store_identifiers", False))
-
-
-class UsageError(CxrError):
-    """A combination of options that cannot work (exit code 2)."""
-
-    code = "usage_error"
 
 
 def open_camera(args):

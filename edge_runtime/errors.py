@@ -1,4 +1,12 @@
-"""Exceptions raised by the edge runtime: specific, actionable, never a bare assert."""
+"""Every exception the edge runtime raises on purpose: one hierarchy under :class:`CxrError`, each with a stable ``code``.
+
+Classes that callers also catch as a builtin keep that builtin as a second base
+(:class:`UnknownModelError` is a ``LookupError``, :class:`SettingsError` a ``ValueError``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 
 class CxrError(Exception):
@@ -78,3 +86,63 @@ class RuntimeUnavailableError(CxrError):
     """No TFLite interpreter package is installed."""
 
     code = "runtime_unavailable"
+
+
+class LogError(CxrError):
+    """The screening log cannot be opened or written (not a database, read-only, disk full)."""
+
+    code = "log_error"
+
+
+class CameraError(CxrError):
+    """The camera is missing, busy, or returned an unusable frame."""
+
+    code = "camera_error"
+
+
+class DicomNodeError(CxrError):
+    """The node cannot start (pynetdicom missing, port in use, bad --forward or AE title)."""
+
+    code = "dicom_node_error"
+
+
+class ServiceError(CxrError):
+    """A unit cannot be written as asked (bad option, unsafe token file, missing user)."""
+
+    code = "service_error"
+
+
+class UsageError(CxrError):
+    """A combination of options that cannot work (exit code 2)."""
+
+    code = "usage_error"
+
+
+class SettingsError(CxrError, ValueError):
+    """Invalid settings of the web server (a too-short token, an unknown setting, a bad limit)."""
+
+    code = "invalid_settings"
+
+
+class UnknownModelError(CxrError, LookupError):
+    """A request named a model this server does not offer."""
+
+    code = "unknown_model"
+
+
+class ApiError(CxrError):
+    """An error the web API answers as ``{"error": {"code": ..., "message": ...}}`` with an HTTP status.
+
+    Args:
+        status: HTTP status code.
+        code: Stable machine-readable code.
+        message: Human-readable explanation (never a stack trace, never patient data).
+        extra: More fields for the ``error`` object (e.g. ``reason``).
+    """
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extra = extra

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any, Mapping, TextIO, Union
 
-from .errors import CxrError
+from .errors import LogError
 
 logger = logging.getLogger(__name__)
 
@@ -70,12 +70,6 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 def _looks_like_path(source: str) -> bool:
     """True for a file path or name (a separator or an extension), not for kinds like ``web``."""
     return "/" in source or "\\" in source or bool(os.path.splitext(source)[1])
-
-
-class LogError(CxrError):
-    """The screening log cannot be opened or written (not a database, read-only, disk full)."""
-
-    code = "log_error"
 
 
 def _hint(err: BaseException) -> str:

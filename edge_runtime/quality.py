@@ -7,7 +7,7 @@ import logging
 import numpy as np
 from PIL import Image
 
-from .errors import NotChestXrayError
+from .errors import InvalidImageError, NotChestXrayError
 
 logger = logging.getLogger(__name__)
 
@@ -179,11 +179,11 @@ def measure(rgb: np.ndarray) -> dict:
         JSON-ready dict of numbers (see :func:`check_chest_xray`).
 
     Raises:
-        ValueError: ``rgb`` is not an (H, W, 3) uint8 array.
+        InvalidImageError: ``rgb`` is not an (H, W, 3) uint8 array.
     """
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {rgb.shape} {rgb.dtype}")
+        raise InvalidImageError(f"expected an (H, W, 3) uint8 RGB array, got {rgb.shape} {rgb.dtype}")
     height, width = rgb.shape[:2]
     pixels, lum8 = _analysis_images(rgb)
     colour_fraction, tint, mean_chroma = _colour_stats(pixels)
@@ -304,7 +304,7 @@ def check_chest_xray(rgb: np.ndarray, name: str | None = None) -> dict:
         NotChestXrayError: with ``reason`` one of ``too_small``, ``blank``, ``colour_photo``,
             ``low_contrast``, ``not_xray``, and ``details`` holding the measurements plus
             ``rule`` (the statistic that failed).
-        ValueError: ``rgb`` is not an (H, W, 3) uint8 array (a programming error).
+        InvalidImageError: ``rgb`` is not an (H, W, 3) uint8 array (as :func:`~edge_runtime.imaging.prepare_input`).
     """
     measurements = measure(rgb)
     verdict = _verdict(measurements)

@@ -19,8 +19,16 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from .errors import CxrError, ImageTooLargeError, InvalidImageError, NotChestXrayError, UnsupportedFormatError
-from .log import LogError, instance_key
+from .errors import (
+    CxrError,
+    DicomNodeError,
+    ImageTooLargeError,
+    InvalidImageError,
+    LogError,
+    NotChestXrayError,
+    UnsupportedFormatError,
+)
+from .log import instance_key
 from .render import heatmap_name, save_overlay
 
 logger = logging.getLogger(__name__)
@@ -68,12 +76,6 @@ _LATERAL_VIEWS = {"LL", "RL", "LLD", "RLD", "LATERAL", "LAT"}
 FORWARD_QUEUE_SIZE = 8
 #: Outcome statuses (as :mod:`edge_runtime.watch`).
 CLASSIFIED, DUPLICATE, REFUSED = "classified", "duplicate", "refused"
-
-
-class DicomNodeError(CxrError):
-    """The node cannot start (pynetdicom missing, port in use, bad --forward or AE title)."""
-
-    code = "dicom_node_error"
 
 
 @dataclasses.dataclass(frozen=True)

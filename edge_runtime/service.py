@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .errors import CxrError
+from .errors import ServiceError
 
 #: The services a unit can start. ``receive`` (the DICOM node) is a ``cxr-edge`` command of its own.
 SERVICES = ("serve", "watch", "receive")
@@ -30,12 +30,6 @@ DEFAULT_UNIT_DIR = Path("/etc/systemd/system")
 CAMERA_GROUPS = ("video", "render")
 #: A token shorter than this is refused by the web server.
 MIN_TOKEN_LENGTH = 12
-
-
-class ServiceError(CxrError):
-    """A unit cannot be written as asked (bad option, unsafe token file, missing user)."""
-
-    code = "service_error"
 
 
 @dataclasses.dataclass(frozen=True)

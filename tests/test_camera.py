@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_runtime.camera import CameraError, FakeFrameSource, FrameSource, PiCameraSource, bgr_to_rgb
+from edge_runtime.camera import FakeFrameSource, FrameSource, PiCameraSource, bgr_to_rgb
+from edge_runtime.errors import CameraError
 
 
 def coloured_frame(height=48, width=64) -> np.ndarray:

@@ -49,7 +49,7 @@ def full_log(path: Path) -> ScreeningLog:
     """A real log whose SQLite connection cannot grow by one more page, filled to the last byte: the
     next write fails with SQLITE_FULL, exactly as on a full disk. Its rows are other films (id < 0
     marks none; they are counted by ``filler``)."""
-    from edge_runtime.log import LogError
+    from edge_runtime.errors import LogError
     from runtime_models import make_result
 
     log = ScreeningLog(path)

@@ -107,3 +107,35 @@ def test_installed_models_are_looked_for_where_setup_py_puts_them(monkeypatch):
     assert data_package.startswith("edge_runtime.")
     monkeypatch.delenv(MODELS_ENV, raising=False)
     assert PACKAGE_DIR.joinpath(*data_package.split(".")[1:]) in candidate_dirs()
+
+
+def test_every_error_class_is_defined_in_errors_py():
+    """No exception class lives elsewhere in the runtime: one hierarchy, in one file."""
+    elsewhere = []
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        if path.name == "errors.py" and path.parent == PACKAGE_DIR:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                bases = {getattr(b, "id", getattr(b, "attr", "")) for b in node.bases}
+                if node.name.endswith("Error") or bases & {"Exception", "BaseException"} or any(
+                        b.endswith("Error") for b in bases):
+                    elsewhere.append(f"{path.relative_to(PACKAGE_DIR)}: {node.name}")
+    assert not elsewhere
+
+
+def test_every_public_error_is_a_cxr_error_with_its_own_code():
+    from edge_runtime import errors
+
+    classes = [value for name, value in vars(errors).items()
+               if isinstance(value, type) and issubclass(value, BaseException) and not name.startswith("_")
+               and value.__module__ == errors.__name__]
+    assert len(classes) >= 20
+    for cls in classes:
+        assert issubclass(cls, errors.CxrError), cls
+    codes = [cls.code for cls in classes if cls is not errors.ApiError]  # an ApiError carries each request's code
+    assert len(codes) == len(set(codes))
+    # Callers that catch the builtin keep working.
+    assert issubclass(errors.UnknownModelError, LookupError)
+    assert issubclass(errors.SettingsError, ValueError)
+    assert errors.ApiError(404, "not_found", "no such row").code == "not_found"

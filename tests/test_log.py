@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.log import COLUMNS, LogError, ScreeningLog, default_log_path
+from edge_runtime.errors import LogError
+from edge_runtime.log import COLUMNS, ScreeningLog, default_log_path
 from runtime_models import make_result
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

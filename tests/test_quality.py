@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import SHARED_DATA, needs_shared_data
 from edge_runtime import quality
-from edge_runtime.errors import NotChestXrayError
+from edge_runtime.errors import InvalidImageError, NotChestXrayError
 from edge_runtime.imaging import load_image
 from edge_runtime.quality import check_chest_xray, measure
 
@@ -137,9 +137,9 @@ def test_banner_shape():
 
 
 def test_measure_validates_its_input_and_is_deterministic():
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidImageError):
         measure(np.zeros((10, 10), np.uint8))
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidImageError):
         measure(np.zeros((10, 10, 3), np.float32))
     rng = np.random.default_rng(2)
     image = rng.integers(0, 255, (257, 311, 3), dtype=np.uint8)

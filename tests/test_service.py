@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from edge_runtime import cli
-from edge_runtime.service import (ServiceConfig, ServiceError, install_service, read_token_file, render_unit,
+from edge_runtime.errors import ServiceError
+from edge_runtime.service import (ServiceConfig, install_service, read_token_file, render_unit,
                                   write_token_file)
 
 ME = pwd.getpwuid(os.geteuid()).pw_name

@@ -16,12 +16,14 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request, send_file, url_for
 
 from ..cam import upsample
-from ..camera import CameraError
 from ..errors import (
+    ApiError,
+    CameraError,
     ImageTooLargeError,
     InvalidImageError,
     NotChestXrayError,
     RuntimeUnavailableError,
+    UnknownModelError,
     UnsupportedFormatError,
 )
 from ..i18n import plain_result, population_text, task_title, translator
@@ -30,9 +32,8 @@ from ..log import local_time
 from ..model_files import model_title
 from ..render import colorize, encode_jpeg, encode_png, fit_within
 from .language import request_language
-from .registry import UnknownModelError
 from .report import NOTICE, render_report
-from .state import ApiError, get_state
+from .state import get_state
 from .store import PREVIEW_SIDE
 
 logger = logging.getLogger(__name__)

@@ -13,13 +13,13 @@ from urllib.parse import urlsplit
 from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from ..errors import CxrError, ModelError
+from ..errors import ApiError, CxrError, ModelError
 from .camera import FrameTaker, detect_camera
 from .config import WebConfig, is_loopback
 from .api import api
 from .registry import ModelEntry, ModelRegistry, discover_models
 from .pages import pages
-from .state import STATE_KEY, ApiError, WebState, get_state
+from .state import STATE_KEY, WebState, get_state
 from .store import ImageStore, images_dir_for
 
 logger = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def create_app(config: WebConfig | Mapping[str, Any] | None = None) -> Flask:
     Raises:
         ModelError: no usable model was found, or ``default_model`` is not among them.
         LogError: the screening log cannot be opened.
-        ValueError: invalid settings (e.g. a too-short token).
+        SettingsError: invalid settings (e.g. a too-short token; a ``ValueError``).
     """
     config = WebConfig.coerce(config)
     entries = discover_models(config.resolved_models(), config.precision)

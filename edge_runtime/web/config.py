@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, Union
 
+from ..errors import SettingsError
+
 PathLike = Union[str, os.PathLike]
 
 #: Default address: loopback only. Any other interface needs a token.
@@ -80,36 +82,45 @@ class WebConfig:
     classifier_factory: Callable[..., Any] | None = None
 
     def __post_init__(self):
+        """Check the settings.
+
+        Raises:
+            SettingsError: a setting is invalid (a ``ValueError``; the message says which and why).
+        """
         if self.token is not None and not isinstance(self.token, str):
-            raise ValueError("token must be a string")
+            raise SettingsError("token must be a string")
         if self.token == "":
             self.token = None
         if self.token is not None and not self.token.strip():
-            raise ValueError("the token is only whitespace (an empty $CXR_TOKEN or token file?): give a real "
+            raise SettingsError("the token is only whitespace (an empty $CXR_TOKEN or token file?): give a real "
                              "secret of at least 12 characters")
         if self.token is not None and self.token != self.token.strip():
-            raise ValueError("the token starts or ends with whitespace; clients would not send it so: remove it")
+            raise SettingsError("the token starts or ends with whitespace; clients would not send it so: remove it")
         if self.require_token and not self.token:
-            raise ValueError(
+            raise SettingsError(
                 "a token is required when the server is reachable from other machines (any address "
                 f"but 127.0.0.1/::1/localhost): give one of at least {MIN_TOKEN_LENGTH} characters")
         if self.token and len(self.token) < MIN_TOKEN_LENGTH:
-            raise ValueError(f"token is too short: use at least {MIN_TOKEN_LENGTH} characters "
+            raise SettingsError(f"token is too short: use at least {MIN_TOKEN_LENGTH} characters "
                              "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(18))')")
         if self.max_upload_bytes < 1024:
-            raise ValueError(f"max_upload_bytes must be at least 1024, got {self.max_upload_bytes}")
+            raise SettingsError(f"max_upload_bytes must be at least 1024, got {self.max_upload_bytes}")
         if self.precision not in ("int8", "fp16"):
-            raise ValueError(f"precision must be 'int8' or 'fp16', got {self.precision!r}")
+            raise SettingsError(f"precision must be 'int8' or 'fp16', got {self.precision!r}")
         if self.num_threads < 1:
-            raise ValueError(f"num_threads must be at least 1, got {self.num_threads}")
+            raise SettingsError(f"num_threads must be at least 1, got {self.num_threads}")
         if not (self.camera is None or self.camera == "auto" or hasattr(self.camera, "capture")):
-            raise ValueError("camera must be 'auto', None or an edge_runtime.camera.FrameSource")
+            raise SettingsError("camera must be 'auto', None or an edge_runtime.camera.FrameSource")
         if not 1 <= self.history_limit <= 1000:
-            raise ValueError(f"history_limit must be in 1..1000, got {self.history_limit}")
+            raise SettingsError(f"history_limit must be in 1..1000, got {self.history_limit}")
 
     @classmethod
     def coerce(cls, config: "WebConfig | Mapping[str, Any] | None") -> "WebConfig":
-        """Accept a :class:`WebConfig`, a mapping of its fields, or ``None`` (defaults)."""
+        """Accept a :class:`WebConfig`, a mapping of its fields, or ``None`` (defaults).
+
+        Raises:
+            SettingsError: an unknown setting, an invalid value, or ``config`` of another type.
+        """
         if config is None:
             return cls()
         if isinstance(config, cls):
@@ -118,9 +129,9 @@ class WebConfig:
             known = {field.name for field in dataclasses.fields(cls)}
             unknown = sorted(set(config) - known)
             if unknown:
-                raise ValueError(f"unknown web settings {unknown}; known: {sorted(known)}")
+                raise SettingsError(f"unknown web settings {unknown}; known: {sorted(known)}")
             return cls(**dict(config))
-        raise TypeError(f"config must be a WebConfig or a mapping, got {type(config).__name__}")
+        raise SettingsError(f"config must be a WebConfig or a mapping, got {type(config).__name__}")
 
     def resolved_log_path(self) -> Path:
         """The log path to use (``log_path`` or the log's default)."""

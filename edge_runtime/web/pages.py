@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, render_template, request, url_for
 
+from ..errors import ApiError
 from ..i18n import languages, task_title, translate, translator
 from .api import history_label_arg, history_reference_arg, public_row
 from .language import LANGUAGE_COOKIE, chosen_language, request_language
-from .state import ApiError, get_state
+from .state import get_state
 
 pages = Blueprint("pages", __name__)
 

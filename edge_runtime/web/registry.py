@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..errors import ModelError
+from ..errors import ModelError, UnknownModelError
 from ..model_files import TASK_TITLES, list_models
 from ..spec import SPEC_SUFFIX, ModelSpec, find_spec_for_model
 
@@ -108,10 +108,6 @@ def discover_models(sources: Any, precision: str = "int8") -> list[ModelEntry]:
         raise ModelError(f"no models found in {[str(s) for s in sources]}: expected *{SPEC_SUFFIX} files "
                          "listing .tflite files present beside them")
     return sorted(entries.values(), key=lambda e: (_TASK_ORDER.get(e.spec.task, 9), e.name))
-
-
-class UnknownModelError(LookupError):
-    """A request named a model this server does not offer."""
 
 
 class ModelRegistry:

@@ -142,7 +142,7 @@ def create_server(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     ``token``.
 
     Raises:
-        ValueError: a non-loopback ``host`` without a token, or invalid settings.
+        SettingsError: a non-loopback ``host`` without a token, or invalid settings (a ``ValueError``).
         ModelError: no usable model, or (with ``preload``) the default model fails to load.
         OSError: the port cannot be bound.
     """
@@ -204,7 +204,7 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
             (off by default: the log then holds no patient identifier).
 
     Raises:
-        ValueError: a non-loopback ``host`` without a token, or invalid settings.
+        SettingsError: a non-loopback ``host`` without a token, or invalid settings (a ``ValueError``).
         ModelError: no usable model was found, or the default model cannot be loaded.
         LogError: the screening log cannot be opened.
         OSError: the port cannot be bound.

@@ -1,4 +1,4 @@
-"""What the clinic app's request handlers share: its state (settings, models, log, images) and the API's error."""
+"""What the clinic app's request handlers share: its state (settings, models, log, images)."""
 
 from __future__ import annotations
 
@@ -14,24 +14,6 @@ from .store import ImageStore
 
 #: Key of the app's :class:`WebState` in ``app.extensions``.
 STATE_KEY = "cxr_edge"
-
-
-class ApiError(Exception):
-    """An error answered as ``{"error": {"code": ..., "message": ...}}`` with an HTTP status.
-
-    Args:
-        status: HTTP status code.
-        code: Stable machine-readable code.
-        message: Human-readable explanation (never a stack trace, never patient data).
-        extra: More fields for the ``error`` object (e.g. ``reason``).
-    """
-
-    def __init__(self, status: int, code: str, message: str, **extra: Any):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.extra = extra
 
 
 @dataclasses.dataclass
