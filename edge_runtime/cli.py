@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from . import __version__
+from .camera import DEFAULT_SIZE as FRAME_SIZE
 from .errors import (
     CameraError,
     CxrError,
@@ -25,15 +26,21 @@ from .errors import (
     StorageError,
     UsageError,
 )
-from .render import heatmap_name, save_overlay
+from .imaging import IMAGE_SUFFIXES
+from .model_files import DEFAULT_MODEL, DEFAULT_PRECISION, file_info
+from .receive import DEFAULT_AE_TITLE
+from .receive import DEFAULT_HOST as DICOM_HOST
+from .receive import DEFAULT_PORT as DICOM_PORT
+from .render import DEFAULT_ALPHA, heatmap_name, save_overlay
+from .watch import DEFAULT_POLL_SECONDS, DEFAULT_SETTLE_SECONDS
+from .web.config import DEFAULT_HOST as WEB_HOST
+from .web.config import DEFAULT_PORT as WEB_PORT
 
 logger = logging.getLogger("cxr_edge")
 
 #: Exit codes (also in ``--help``).
 EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-#: Files taken from a folder given to ``classify`` (files named explicitly are always tried).
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom")
 #: Errors after which nothing more can be classified: they end the command with exit code 2.
 FATAL_ERRORS = (ModelError, RuntimeUnavailableError, LogError, CameraError, StorageError)
 #: Environment variable naming the demo's sample folder.
@@ -91,7 +98,8 @@ def _size(text: str) -> tuple[int, int]:
     try:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 1640x1232, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as {FRAME_SIZE[0]}x{FRAME_SIZE[1]}, "
+                                         f"got {text!r}") from None
     return width, height
 
 
@@ -106,13 +114,13 @@ def _common_options(heatmap_default_help: str = "no heatmaps", omit: Sequence[st
         if name not in omit:
             add(*flags, **kwargs)
 
-    group.add_argument("--model", default="binary", metavar="NAME|PATH",
+    group.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|PATH",
                        help="shipped model name: binary, etiology or covid, optionally with a precision "
                             "(binary-fp16, covid-int8); or the path of a .tflite file "
                             "(default: %(default)s, the int8 model with heatmap output)")
     option("heatmap", "--heatmap", type=Path, metavar="DIR",
            help=f"write an original | heatmap PNG per image into DIR (default: {heatmap_default_help})")
-    option("alpha", "--alpha", type=_alpha, default=0.4,
+    option("alpha", "--alpha", type=_alpha, default=DEFAULT_ALPHA,
            help="heatmap opacity in the overlay, 0-1 (default: %(default)s)")
     group.add_argument("--threads", type=_positive_int, default=1, help="interpreter threads (default: %(default)s)")
     group.add_argument("--log", type=Path, metavar="PATH",
@@ -168,9 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--failed", type=Path, metavar="DIR",
                    help="move files that could not be classified here, with a .error.txt note "
                         "(default: leave them, marked by the note)")
-    p.add_argument("--interval", type=_non_negative_float, default=1.0,
+    p.add_argument("--interval", type=_non_negative_float, default=DEFAULT_POLL_SECONDS,
                    help="seconds between scans (default: %(default)s)")
-    p.add_argument("--settle", type=_non_negative_float, default=2.0,
+    p.add_argument("--settle", type=_non_negative_float, default=DEFAULT_SETTLE_SECONDS,
                    help="seconds a file must stay unchanged before it is read (default: %(default)s)")
     p.add_argument("--grace", type=_non_negative_float, default=30.0,
                    help="a file that reads as truncated or undecodable is read again whenever it changes, and "
@@ -185,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=_non_negative_float, metavar="SECONDS",
                    help="capture a frame every SECONDS (default: one frame only)")
     p.add_argument("--count", type=_positive_int, help="stop after this many frames")
-    p.add_argument("--size", type=_size, default=(1640, 1232), metavar="WxH", help="frame size (default: 1640x1232)")
+    p.add_argument("--size", type=_size, default=FRAME_SIZE, metavar="WxH",
+                   help=f"frame size (default: {FRAME_SIZE[0]}x{FRAME_SIZE[1]})")
     p.add_argument("--camera-num", type=int, default=0, help="camera index when several are connected (default: 0)")
     p.add_argument("--save-frames", type=Path, metavar="DIR", help="also save each frame as a PNG in DIR")
     p.add_argument("--json", action="store_true", help="print one JSON object per frame")
@@ -220,8 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Every result is recorded in the screening log; with --store-identifiers the page offers a "
             "patient reference field. Stop with Ctrl+C.",
             parents=(_common_options(omit=("heatmap", "alpha", "no-log", "ref")),))
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    p.add_argument("--port", type=int, default=8080, help="TCP port (default: %(default)s)")
+    p.add_argument("--host", default=WEB_HOST, help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=WEB_PORT, help="TCP port (default: %(default)s)")
     token = p.add_mutually_exclusive_group()
     token.add_argument("--token-file", type=Path, metavar="FILE",
                        help="file holding the shared secret required from clients (needed for a non-loopback "
@@ -240,10 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
             "X-ray, undecodable) is refused with a DICOM failure status and the reason on stderr. One bad "
             "instance never stops the node. Stop with Ctrl+C.",
             parents=(_common_options(omit=("no-log", "ref")),))
-    p.add_argument("--host", default="0.0.0.0",
+    p.add_argument("--host", default=DICOM_HOST,
                    help="address to listen on (default: %(default)s, every interface: modalities are on the network)")
-    p.add_argument("--port", type=int, default=11112, help="TCP port (default: %(default)s)")
-    p.add_argument("--ae-title", default="CXR_EDGE", help="this node's AE title (default: %(default)s)")
+    p.add_argument("--port", type=int, default=DICOM_PORT, help="TCP port (default: %(default)s)")
+    p.add_argument("--ae-title", default=DEFAULT_AE_TITLE, help="this node's AE title (default: %(default)s)")
     p.add_argument("--allow", nargs="+", metavar="AE",
                    help="accept associations only from these calling AE titles (default: any, with a warning)")
     p.add_argument("--forward", metavar="HOST:PORT:AE",
@@ -274,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-file", type=Path, default=Path("/etc/cxr-edge/token"), metavar="FILE",
                    help="serve: the web token, readable only by --user (default: %(default)s)")
     p.add_argument("--host", default="0.0.0.0", help="serve: address to listen on (default: %(default)s)")
-    p.add_argument("--port", type=int, help="serve: TCP port (default 8080); receive: DICOM port (default 11112)")
+    p.add_argument("--port", type=int,
+                   help=f"serve: TCP port (default {WEB_PORT}); receive: DICOM port (default {DICOM_PORT})")
     p.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"), metavar="DIR",
                    help="where to write the unit (default: %(default)s)")
     p.add_argument("--print", dest="print_only", action="store_true",
@@ -740,7 +750,7 @@ def cmd_serve(args) -> int:
     from .spec import ModelSpec, find_spec_for_model
 
     try:
-        from . import web
+        from .web import serve  # Flask and waitress: the [web] extra
     except ImportError as err:
         _err(f"error: the web server needs Flask and waitress: pip install 'cxr-edge[web]' ({err})")
         return EXIT_ERROR
@@ -749,7 +759,8 @@ def cmd_serve(args) -> int:
     models_dir = args.models or find_models_dir()
     model_path = resolve_model(args.model, models_dir)
     spec = ModelSpec.load(find_spec_for_model(model_path))
-    precision = "fp16" if "_fp16" in model_path.name else "int8"
+    # The server prefers, for every model it offers, the precision of the file --model names.
+    precision = "fp16" if file_info(model_path)[0] == "fp16" else DEFAULT_PRECISION
     # The server's start-up lines (address, authentication, models) are for the operator.
     logging.getLogger("edge_runtime.web").setLevel(logging.INFO)
     if not logging.getLogger().handlers or logging.getLogger().level > logging.INFO:
@@ -759,7 +770,7 @@ def cmd_serve(args) -> int:
         logging.getLogger("edge_runtime.web").propagate = False
     try:
         token = read_token(args)
-        web.serve(host=args.host, port=args.port, models=str(models_dir), token=token,
+        serve(host=args.host, port=args.port, models=str(models_dir), token=token,
                   log_path=args.log or default_log_path(), num_threads=args.threads, precision=precision,
                   default_model=spec.name, quality_gate=not args.no_quality_gate,
                   patient_reference=args.store_identifiers)

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .i18n import plain_result, translate
-from .render import fit_within, overlay_heatmap
+from .render import DEFAULT_ALPHA, fit_within, overlay_heatmap
 
 #: Series number of the result series (high, so that viewers list it after the films).
 RESULT_SERIES_NUMBER = 9901
@@ -51,7 +51,7 @@ def result_lines(result: Any, title: str | None = None) -> list[str]:
     return [head, score, translate("en", "notice")]
 
 
-def render_result_image(result: Any, title: str | None = None, alpha: float = 0.4) -> np.ndarray:
+def render_result_image(result: Any, title: str | None = None, alpha: float = DEFAULT_ALPHA) -> np.ndarray:
     """Original | heatmap overlay with the result lines burned in below, as RGB uint8.
 
     Without a heatmap (a model file without feature-map output) only the original is shown.
@@ -96,7 +96,7 @@ def render_result_image(result: Any, title: str | None = None, alpha: float = 0.
     return np.asarray(canvas)
 
 
-def build_result_sc(film: Any, result: Any, *, title: str | None = None, alpha: float = 0.4,
+def build_result_sc(film: Any, result: Any, *, title: str | None = None, alpha: float = DEFAULT_ALPHA,
                     station_ae: str = "CXR_EDGE"):
     """A Secondary Capture dataset holding the result image, in the film's study.
 

@@ -26,6 +26,9 @@ from .spec import ModelSpec
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO, np.ndarray]
 
+#: File suffixes of the formats :func:`load_image` decodes, for listing images in a folder (DICOM files
+#: often have no suffix at all: callers decide about those).
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom")
 #: Largest image accepted, in pixels (a 16-bit 43x43 cm detector is ~9 MP; film scans up to ~40 MP).
 MAX_PIXELS = 64_000_000
 #: Largest encoded input accepted, in bytes (a 43x43 cm 16-bit detector's uncompressed DICOM is ~18 MB,
@@ -43,8 +46,9 @@ MAX_DECODED_BYTES = 64 * 1024 * 1024
 LARGE_DECODE_BYTES = 16 * 1024 * 1024
 #: How many large decodes may run at once in one process.
 LARGE_DECODE_SLOTS = 1
-#: Smallest side accepted, in pixels.
-MIN_SIDE = 32
+#: Smallest side decoded at all, in pixels: below it an image is refused as ImageTooSmallError. The quality gate
+#: asks more of a film it screens (``quality.MIN_SIDE``); this bound holds with the gate off too.
+MIN_DECODE_SIDE = 32
 #: JPEGs whose longer side is at least twice this are decoded at a reduced scale (DCT scaling, by 1/2,
 #: 1/4 or 1/8, the longer side never below this size; other formats are shrunk by an integer factor
 #: keeping the shorter side above it): a 2,000-pixel scan decodes several times faster, and the model
@@ -169,9 +173,9 @@ def _check_size(width: int, height: int, name: str, max_pixels: int) -> None:
         raise ImageTooLargeError(
             f"{name}: image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
         )
-    if min(width, height) < MIN_SIDE:
+    if min(width, height) < MIN_DECODE_SIDE:
         raise ImageTooSmallError(
-            f"{name}: image is {width}x{height} pixels; a chest X-ray needs at least {MIN_SIDE} a side"
+            f"{name}: image is {width}x{height} pixels; a chest X-ray needs at least {MIN_DECODE_SIDE} a side"
         )
 
 

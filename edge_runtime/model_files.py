@@ -14,7 +14,7 @@ PathLike = Union[str, os.PathLike]
 
 #: Environment variable naming the models folder.
 MODELS_ENV = "CXR_MODELS"
-#: Precision used when a short name gives none.
+#: Precision used when a short name gives none, and preferred by the web server when a spec lists several.
 DEFAULT_PRECISION = "int8"
 #: The model the command line uses when none is named.
 DEFAULT_MODEL = "binary"
@@ -66,7 +66,10 @@ def find_models_dir() -> Path:
                        "*.tflite files with their *.spec.json")
 
 
-def _file_info(path: Path) -> tuple[str | None, bool]:
+def file_info(path: PathLike) -> tuple[str | None, bool]:
+    """(precision, heatmap) of a model file from its name: ``cxr_binary_160_fp16_cam.tflite`` -> ``("fp16", True)``;
+    precision ``None`` when the name carries none."""
+    path = Path(path)
     match = _FILE_PATTERN.search(path.name)
     if not match:
         return None, path.stem.endswith("_cam")
@@ -97,7 +100,7 @@ def list_models(models_dir: PathLike | None = None) -> list[dict]:
             path = folder / filename
             if not filename.endswith(".tflite") or not path.is_file():
                 continue
-            precision, cam = _file_info(path)
+            precision, cam = file_info(path)
             stat = path.stat()
             models.append({
                 "name": spec.name, "file": filename, "task": spec.task, "labels": list(spec.labels),

@@ -25,7 +25,8 @@ COLOUR_SIDE = 64
 # MAX_FLAT_FRACTION, MIN_GRADIENT_P90). `python -m benchmarks.quality_gate` re-measures them
 # (X-ray extremes in brackets below come from those runs).
 
-#: Smaller side, in pixels, below which a radiograph has too little detail to screen.
+#: Smaller side, in pixels, below which a radiograph has too little detail to screen (the gate's minimum; smaller
+#: than ``imaging.MIN_DECODE_SIDE`` an image is not even decoded).
 MIN_SIDE = 128
 #: Width/height outside this range: a banner, a document strip (X-rays: 1.0-1.68).
 MIN_ASPECT, MAX_ASPECT = 0.5, 2.0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import io
 import logging
 import queue
@@ -29,12 +30,15 @@ from .errors import (
     UnsupportedFormatError,
 )
 from .log import instance_key
-from .render import heatmap_name, save_overlay
+from .render import DEFAULT_ALPHA, heatmap_name, save_overlay
+from .web.store import ImageStore, images_dir_for
 
 logger = logging.getLogger(__name__)
 
 #: Default DICOM port (the IANA "dicom" port is 104, which needs root; 11112 is the usual alternative).
 DEFAULT_PORT = 11112
+#: Default address: every interface (modalities send from the network).
+DEFAULT_HOST = "0.0.0.0"
 #: Default application entity title of this node.
 DEFAULT_AE_TITLE = "CXR_EDGE"
 #: Header attributes that may serve as the patient reference (when references are enabled).
@@ -151,10 +155,8 @@ def _encode(dataset) -> bytes:
 
 
 def _web_store(log):
-    """The web page's image store beside the log (thumbnails in its history), or None without Flask."""
-    try:
-        from .web.store import ImageStore, images_dir_for
-    except ImportError:
+    """The web page's image store beside the log (thumbnails in its history), or None without Flask (no page)."""
+    if importlib.util.find_spec("flask") is None:
         return None
     return ImageStore(images_dir_for(log.path))
 
@@ -182,10 +184,10 @@ class StorageNode:
         DicomNodeError: pynetdicom is missing or an argument is invalid.
     """
 
-    def __init__(self, classifier, log, *, ae_title: str = DEFAULT_AE_TITLE, host: str = "0.0.0.0",
+    def __init__(self, classifier, log, *, ae_title: str = DEFAULT_AE_TITLE, host: str = DEFAULT_HOST,
                  port: int = DEFAULT_PORT, allow: Iterable[str] | None = None,
                  forward: ForwardTarget | None = None, reference_from: str = "PatientID",
-                 heatmap_dir: str | Path | None = None, alpha: float = 0.4, title: str | None = None,
+                 heatmap_dir: str | Path | None = None, alpha: float = DEFAULT_ALPHA, title: str | None = None,
                  on_outcome: Callable[[StoreOutcome], None] | None = None):
         try:
             import pynetdicom  # noqa: F401

@@ -15,6 +15,8 @@ from .files import write_atomic
 
 PathLike = Union[str, os.PathLike]
 
+#: Weight of the heatmap in an overlay (0: the image only, 1: the heatmap only).
+DEFAULT_ALPHA = 0.4
 #: Longest side of the saved heatmap panels (each half of the side-by-side PNG): the heatmap
 #: comes from a feature map of a few cells a side, so more pixels only cost encoding time.
 OVERLAY_MAX_SIDE = 640
@@ -43,7 +45,7 @@ def colorize(cam: np.ndarray) -> np.ndarray:
     return JET[indices]
 
 
-def overlay_heatmap(image: np.ndarray, cam: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+def overlay_heatmap(image: np.ndarray, cam: np.ndarray, alpha: float = DEFAULT_ALPHA) -> np.ndarray:
     """Blend the colour-mapped CAM over the image.
 
     Args:
@@ -104,7 +106,7 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 85) -> bytes:
     return buffer.getvalue()
 
 
-def save_overlay(result, path: PathLike, alpha: float = 0.4, max_side: int = OVERLAY_MAX_SIDE) -> Path:  # noqa: D417
+def save_overlay(result, path: PathLike, alpha: float = DEFAULT_ALPHA, max_side: int = OVERLAY_MAX_SIDE) -> Path:  # noqa: D417
     """Write the original | heatmap-overlay PNG of a classification.
 
     Args:

@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import ServiceError
+from .receive import DEFAULT_PORT as DICOM_PORT
+from .web.config import DEFAULT_PORT as WEB_PORT
+from .web.config import MIN_TOKEN_LENGTH
 
 #: The services a unit can start. ``receive`` (the DICOM node) is a ``cxr-edge`` command of its own.
 SERVICES = ("serve", "watch", "receive")
@@ -28,8 +31,6 @@ DEFAULT_TOKEN_FILE = Path("/etc/cxr-edge/token")
 DEFAULT_UNIT_DIR = Path("/etc/systemd/system")
 #: Groups that give access to the Pi camera, added to the unit when they exist on this machine.
 CAMERA_GROUPS = ("video", "render")
-#: A token shorter than this is refused by the web server.
-MIN_TOKEN_LENGTH = 12
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,13 +101,13 @@ def command_line(config: ServiceConfig) -> list[str]:
     """The ``cxr-edge ...`` argument list the unit runs."""
     args = list(config.executable or default_executable()) + [config.service]
     if config.service == "serve":
-        args += ["--host", config.host, "--port", str(config.port or 8080), "--token-file", str(config.token_file),
+        args += ["--host", config.host, "--port", str(config.port or WEB_PORT), "--token-file", str(config.token_file),
                  "--log", str(config.log_path)]
     elif config.service == "watch":
         args += [str(config.folder), "--heatmap", str(Path(config.state_dir) / "heatmaps"), "--log",
                  str(config.log_path)]
     else:  # receive: the DICOM Storage SCP (issue 11); its own options go in extra_args
-        args += ["--port", str(config.port or 11112), "--log", str(config.log_path)]
+        args += ["--port", str(config.port or DICOM_PORT), "--log", str(config.log_path)]
     return args + list(config.extra_args)
 
 

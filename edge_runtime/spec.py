@@ -15,6 +15,9 @@ from .errors import ModelError
 #: ignored ``population_check`` would stay silent on a film from outside the validated population).
 SPEC_VERSION = 2
 
+#: Input side of every shipped model, and of training's default recipe: a spec without a size gets it.
+DEFAULT_INPUT_SIZE = 160
+
 #: Suffix of the JSON sidecar written next to the model files.
 SPEC_SUFFIX = ".spec.json"
 #: Name of the spec copy embedded in every exported ``.tflite`` (a zip appended to the flatbuffer,
@@ -27,7 +30,7 @@ class ModelSpec:
     """Everything needed to feed a model and read its output, in one frozen record.
 
     Attributes:
-        name: Model family name, e.g. ``cxr_binary_128``; file names start with it.
+        name: Model family name, e.g. ``cxr_binary_160``; file names start with it.
         task: ``binary``, ``etiology`` or ``covid``.
         labels: Class names in output order.
         input_height: Model input height in pixels.
@@ -64,8 +67,8 @@ class ModelSpec:
     name: str
     task: str
     labels: tuple[str, ...]
-    input_height: int = 128
-    input_width: int = 128
+    input_height: int = DEFAULT_INPUT_SIZE
+    input_width: int = DEFAULT_INPUT_SIZE
     channels: int = 3
     color_order: str = "RGB"
     color_mode: str = "luminance"

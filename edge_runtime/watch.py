@@ -19,12 +19,14 @@ from .errors import CxrError, InvalidImageError, ModelError, NotChestXrayError, 
 from .errors import InputNotFoundError
 from .files import write_atomic
 from .imaging import read_bytes
-from .render import heatmap_name, save_overlay
+from .render import DEFAULT_ALPHA, heatmap_name, save_overlay
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 
+#: Seconds between two scans of the watched folder.
+DEFAULT_POLL_SECONDS = 1.0
 #: Seconds a file's size and mtime must stay unchanged before it is read.
 DEFAULT_SETTLE_SECONDS = 2.0
 #: A file that reads as truncated or undecodable is retried until it has stayed unchanged this many
@@ -204,8 +206,8 @@ def _fail(path: Path, err: BaseException, failed_dir: Path | None) -> WatchOutco
 
 def watch_folder(folder: PathLike, classifier, log=None, *, processed_dir: PathLike | None = None,
                  failed_dir: PathLike | None = None, heatmap_dir: PathLike | None = None,
-                 poll_interval: float = 1.0, settle_seconds: float = DEFAULT_SETTLE_SECONDS,
-                 stop_event: threading.Event | None = None, once: bool = False, alpha: float = 0.4,
+                 poll_interval: float = DEFAULT_POLL_SECONDS, settle_seconds: float = DEFAULT_SETTLE_SECONDS,
+                 stop_event: threading.Event | None = None, once: bool = False, alpha: float = DEFAULT_ALPHA,
                  source_prefix: str = "", grace_seconds: float | None = None) -> Iterator[WatchOutcome]:
     """Classify every file that appears in ``folder``, exactly once, yielding what happened.
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 import corpus
 from conftest import SHARED_DATA
-from edge_runtime.imaging import (DECODE_MAX_SIDE, MIN_SIDE, is_dicom, load_image, prepare_input, preprocess,
+from edge_runtime.imaging import (DECODE_MAX_SIDE, MIN_DECODE_SIDE, is_dicom, load_image, prepare_input, preprocess,
                                   read_bytes, to_luminance)
 from edge_runtime.spec import ModelSpec
 
@@ -101,8 +101,8 @@ def test_is_dicom_and_read_bytes_names():
 
 
 def test_minimum_side_constant():
-    assert MIN_SIDE == 32
-    load_image(np.zeros((MIN_SIDE, MIN_SIDE), np.uint8))
+    assert MIN_DECODE_SIDE == 32
+    load_image(np.zeros((MIN_DECODE_SIDE, MIN_DECODE_SIDE), np.uint8))
 
 
 @pytest.mark.realdata

@@ -139,3 +139,15 @@ def test_every_public_error_is_a_cxr_error_with_its_own_code():
     assert issubclass(errors.UnknownModelError, LookupError)
     assert issubclass(errors.SettingsError, ValueError)
     assert errors.ApiError(404, "not_found", "no such row").code == "not_found"
+
+
+def test_the_cli_imports_no_optional_or_heavy_dependency():
+    """Optional dependencies are imported where they are used: the CLI starts on a bare runtime install."""
+    heavy = ("flask", "waitress", "werkzeug", "pydicom", "pynetdicom", "fpdf", "picamera2", "tensorflow", "cv2")
+    code = ("import sys, edge_runtime.cli, edge_runtime.service, edge_runtime.receive, edge_runtime.web.config; "
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_DIR.parent), env.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, Union
 
 from ..errors import SettingsError
+from ..log import default_log_path
+from ..model_files import DEFAULT_PRECISION, find_models_dir
 
 PathLike = Union[str, os.PathLike]
 
@@ -18,10 +20,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 #: Largest accepted request body, in bytes (a 3000 x 3000 16-bit uncompressed DICOM is ~18 MB).
 DEFAULT_MAX_UPLOAD_BYTES = 32 * 1024 * 1024
-#: Shortest token accepted when the server is reachable from other machines.
+#: Shortest token accepted when the server is reachable from other machines (and in a service's token file).
 MIN_TOKEN_LENGTH = 12
-#: Model file precision tried first when a spec lists several files.
-DEFAULT_PRECISION = "int8"
 
 
 def is_loopback(host: str) -> bool:
@@ -137,8 +137,6 @@ class WebConfig:
         """The log path to use (``log_path`` or the log's default)."""
         if self.log_path is not None:
             return Path(self.log_path)
-        from ..log import default_log_path
-
         return default_log_path()
 
     def resolved_models(self) -> PathLike | Sequence[PathLike]:
@@ -149,6 +147,4 @@ class WebConfig:
         """
         if self.models is not None:
             return self.models
-        from ..model_files import find_models_dir
-
         return find_models_dir()

@@ -7,7 +7,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ..render import encode_jpeg, overlay_heatmap
+from ..render import DEFAULT_ALPHA, encode_jpeg, overlay_heatmap
 
 # The core PDF fonts cover Latin-1 (English, French, Spanish, Portuguese ...); these few common
 # characters outside it are replaced by their nearest Latin-1 spelling rather than dropped.
@@ -97,7 +97,7 @@ def render_pdf(row: Mapping[str, Any], preview: np.ndarray | None, heatmap: np.n
         panels = [(t("result.original"), preview)]
         if heatmap is not None:
             caption = t("result.overlay") if positive else t("result.overlay_normal")
-            panels.append((caption, overlay_heatmap(preview, heatmap, alpha=0.4)))
+            panels.append((caption, overlay_heatmap(preview, heatmap, alpha=DEFAULT_ALPHA)))
         panel_width = (width - 6) / 2
         top = pdf.get_y()
         tallest = 0.0

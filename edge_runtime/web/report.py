@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..i18n import translator
 from ..log import local_time
-from ..render import overlay_heatmap
+from ..render import DEFAULT_ALPHA, overlay_heatmap
 
 #: Shown on every page and every report.
 NOTICE = ("Not a medical device. Research and screening support only: a qualified clinician must "
@@ -155,7 +155,7 @@ def render_report(row: Mapping[str, Any], preview: np.ndarray | None, heatmap: n
         panels[0] = (t("result.original"), original)
         if heatmap is not None:
             caption = t("result.overlay") if positive else t("result.overlay_normal")
-            panels.append((caption, overlay_heatmap(original, heatmap, alpha=0.4)))
+            panels.append((caption, overlay_heatmap(original, heatmap, alpha=DEFAULT_ALPHA)))
         caption_font = _font(24, bold=True)
         for index, (caption, image) in enumerate(panels):
             x = _MARGIN + index * (panel + 30)

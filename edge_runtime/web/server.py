@@ -10,15 +10,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .app import SECURITY_HEADERS, create_app, upload_limit_message
-from .config import (
-    DEFAULT_HOST,
-    DEFAULT_MAX_UPLOAD_BYTES,
-    DEFAULT_PORT,
-    DEFAULT_PRECISION,
-    PathLike,
-    WebConfig,
-    is_loopback,
-)
+from ..model_files import DEFAULT_PRECISION
+from .config import DEFAULT_HOST, DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_PORT, PathLike, WebConfig, is_loopback
 from .state import get_state
 
 logger = logging.getLogger(__name__)
