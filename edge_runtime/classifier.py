@@ -252,7 +252,7 @@ class Classifier:
         timings["decode"] = (time.perf_counter() - started) * 1000.0
         quality: dict = {}
         if self.options.quality_gate:
-            from .quality import check_chest_xray
+            from .quality import check_chest_xray  # only with the gate: its FFT tables cost ~10 ms at import
 
             mark = time.perf_counter()
             quality = check_chest_xray(rgb, name=name)

@@ -15,11 +15,16 @@ import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from . import __version__
+from PIL import Image
+
+from . import __version__, receive, watch
 from .camera import DEFAULT_SIZE as FRAME_SIZE
+from .camera import PiCameraSource
+from .classifier import Classifier, ClassifierOptions
 from .errors import (
     CameraError,
     CxrError,
+    DicomNodeError,
     LogError,
     ModelError,
     RuntimeUnavailableError,
@@ -27,12 +32,23 @@ from .errors import (
     UsageError,
 )
 from .imaging import IMAGE_SUFFIXES
-from .model_files import DEFAULT_MODEL, DEFAULT_PRECISION, file_info
+from .log import ScreeningLog, default_log_path, local_time
+from .model_files import (
+    DEFAULT_MODEL,
+    DEFAULT_PRECISION,
+    file_info,
+    find_models_dir,
+    list_models,
+    model_title,
+    resolve_model,
+)
 from .receive import DEFAULT_AE_TITLE
 from .receive import DEFAULT_HOST as DICOM_HOST
 from .receive import DEFAULT_PORT as DICOM_PORT
+from .receive import ForwardTarget, StorageNode, parse_allow
 from .render import DEFAULT_ALPHA, heatmap_name, save_overlay
-from .watch import DEFAULT_POLL_SECONDS, DEFAULT_SETTLE_SECONDS
+from .spec import ModelSpec, find_spec_for_model
+from .watch import DEFAULT_POLL_SECONDS, DEFAULT_SETTLE_SECONDS, watch_folder
 from .web.config import DEFAULT_HOST as WEB_HOST
 from .web.config import DEFAULT_PORT as WEB_PORT
 
@@ -220,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
             "../shared/data/fullres_sample next to this checkout; or --samples DIR, or $CXR_SAMPLES), write "
             "heatmap overlays, and compare the screening decisions with the folder names (NORMAL/PNEUMONIA). "
             "Demo results go to the screening log only when --log names one.",
-            parents=(_common_options("~/.local/share/cxr-edge/demo", omit=("ref",)),))
+            # Demo results are logged only with --log: --no-log would mean nothing here.
+            parents=(_common_options("~/.local/share/cxr-edge/demo", omit=("ref", "no-log")),))
     p.add_argument("--samples", type=Path, metavar="DIR", help="folder of sample X-rays in per-class sub-folders")
     p.set_defaults(handler=cmd_demo)
 
@@ -330,9 +347,6 @@ def _report_failure(name: str, err: BaseException) -> None:
 
 def open_classifier(args):
     """The classifier named by ``--model`` (exits 2 via ModelError when unusable)."""
-    from .classifier import Classifier, ClassifierOptions
-    from .model_files import resolve_model
-
     path = resolve_model(args.model)
     options = ClassifierOptions(num_threads=args.threads, quality_gate=not args.no_quality_gate)
     classifier = Classifier(path, options)
@@ -354,15 +368,12 @@ def open_log(args):
         raise UsageError("--ref needs --store-identifiers: patient references are not stored by default")
     if getattr(args, "no_log", False):
         return None
-    from .log import ScreeningLog, default_log_path
 
     return ScreeningLog(args.log or default_log_path(), store_patient_ids=getattr(args, "store_identifiers", False))
 
 
 def open_camera(args):
     """The frame source for ``camera`` (tests replace this function with a fake)."""
-    from .camera import PiCameraSource
-
     return PiCameraSource(size=args.size, camera_num=args.camera_num)
 
 
@@ -505,8 +516,6 @@ def cmd_classify(args) -> int:
 
 def cmd_watch(args) -> int:
     """``cxr-edge watch``: classify each new file of a folder once (see :func:`edge_runtime.watch.watch_folder`)."""
-    from .watch import CLASSIFIED, DUPLICATE, watch_folder
-
     if not args.folder.is_dir():
         _err(f"error: watch folder not found: {args.folder}")
         return EXIT_ERROR
@@ -523,12 +532,12 @@ def cmd_watch(args) -> int:
                                     failed_dir=args.failed, heatmap_dir=args.heatmap, poll_interval=args.interval,
                                     settle_seconds=args.settle, stop_event=stop, once=args.once, alpha=args.alpha,
                                     grace_seconds=args.grace):
-            if outcome.status == CLASSIFIED:
+            if outcome.status == watch.CLASSIFIED:
                 row = _row(outcome.result, str(outcome.path), outcome.heatmap_path, outcome.row_id)
                 _out(json.dumps(row) if args.json else _table_line(row))
-            elif outcome.status == DUPLICATE:
+            elif outcome.status == watch.DUPLICATE:
                 if args.json:
-                    _out(json.dumps({"path": str(outcome.path), "status": DUPLICATE}))
+                    _out(json.dumps({"path": str(outcome.path), "status": watch.DUPLICATE}))
                 else:
                     _err(f"{outcome.path}: already screened with this model; skipped")
             else:
@@ -547,8 +556,6 @@ def cmd_watch(args) -> int:
 
 def cmd_camera(args) -> int:
     """``cxr-edge camera``: classify one frame, or one every ``--interval`` seconds."""
-    from PIL import Image
-
     classifier = open_classifier(args)
     log = open_log(args)
     ok = failed = 0
@@ -587,8 +594,6 @@ def cmd_camera(args) -> int:
 
 def _known_labels(log) -> list[str]:
     """Labels of the shipped models and of the log, for checking ``history --label``."""
-    from .model_files import list_models
-
     labels = set(log.labels())
     try:
         labels.update(label for model in list_models() for label in model["labels"])
@@ -599,9 +604,6 @@ def _known_labels(log) -> list[str]:
 
 def cmd_history(args) -> int:
     """``cxr-edge history``: recent rows of the screening log, or all of them as CSV."""
-    from .log import ScreeningLog, default_log_path, local_time
-    from .model_files import model_title
-
     path = args.log or default_log_path()
     if not Path(path).is_file():
         _err(f"no screening log yet at {path}")
@@ -678,7 +680,7 @@ def cmd_demo(args) -> int:
     classifier = open_classifier(args)
     load_ms = (time.perf_counter() - started) * 1000.0
     # Demo runs are not screenings: they go to the log only when a log file is named.
-    log = open_log(args) if args.log else None
+    log = ScreeningLog(args.log, store_patient_ids=args.store_identifiers) if args.log else None
     negative = classifier.spec.negative_label
     agree = failed = positives = true_pos = negatives = true_neg = 0
     latencies = []
@@ -732,7 +734,7 @@ def read_token(args) -> str | None:
         ValueError: the token file cannot be read, is readable by others, or holds a short token.
     """
     if args.token_file is not None:
-        from .service import ServiceError, read_token_file
+        from .service import ServiceError, read_token_file  # pwd and grp: POSIX only (the CLI also runs on Windows)
 
         try:  # refused unless only its owner may read it (the systemd unit's token file is such a file)
             return read_token_file(args.token_file)
@@ -746,15 +748,11 @@ def read_token(args) -> str | None:
 
 def cmd_serve(args) -> int:
     """``cxr-edge serve``: the clinic web page and JSON API (:func:`edge_runtime.web.serve`)."""
-    from .model_files import find_models_dir, resolve_model
-    from .spec import ModelSpec, find_spec_for_model
-
     try:
         from .web import serve  # Flask and waitress: the [web] extra
     except ImportError as err:
         _err(f"error: the web server needs Flask and waitress: pip install 'cxr-edge[web]' ({err})")
         return EXIT_ERROR
-    from .log import default_log_path
 
     models_dir = args.models or find_models_dir()
     model_path = resolve_model(args.model, models_dir)
@@ -782,9 +780,6 @@ def cmd_serve(args) -> int:
 
 def cmd_receive(args) -> int:
     """``cxr-edge receive``: a DICOM storage node (:class:`edge_runtime.receive.StorageNode`) until Ctrl+C."""
-    from .model_files import model_title
-    from .receive import CLASSIFIED, DUPLICATE, DicomNodeError, ForwardTarget, StorageNode, parse_allow
-
     try:
         forward = ForwardTarget.parse(args.forward) if args.forward else None
     except ValueError as err:
@@ -799,14 +794,14 @@ def cmd_receive(args) -> int:
 
     def show(outcome) -> None:
         with printing:
-            if outcome.status == CLASSIFIED:
+            if outcome.status == receive.CLASSIFIED:
                 row = _row(outcome.result, f"dicom from {outcome.calling_ae}", outcome.heatmap_path, outcome.row_id)
-                _out(json.dumps({"status": CLASSIFIED, **row}) if args.json else _table_line(row))
+                _out(json.dumps({"status": receive.CLASSIFIED, **row}) if args.json else _table_line(row))
             elif args.json:
                 _out(json.dumps({"status": outcome.status, "calling_ae": outcome.calling_ae,
                                  "dicom_status": outcome.dicom_status, "reason": outcome.reason,
                                  "log_id": outcome.row_id}))
-            elif outcome.status == DUPLICATE:
+            elif outcome.status == receive.DUPLICATE:
                 _err(f"an instance from {outcome.calling_ae} was already screened with this model; not again")
 
     try:
@@ -844,7 +839,7 @@ def cmd_receive(args) -> int:
 
 def cmd_install_service(args) -> int:
     """``cxr-edge install-service``: write the systemd unit of serve, watch or receive."""
-    from .service import ServiceConfig, install_service, parse_extra, render_unit
+    from .service import ServiceConfig, install_service, parse_extra, render_unit  # pwd, grp: POSIX only
 
     config = ServiceConfig(service=args.service, user=args.user, state_dir=args.state_dir.absolute(),
                            models_dir=args.models_dir.absolute(), token_file=args.token_file.absolute(),
@@ -869,8 +864,6 @@ def cmd_install_service(args) -> int:
 
 def cmd_models(args) -> int:
     """``cxr-edge models``: the model files found, with task, precision and size."""
-    from .model_files import find_models_dir, list_models
-
     folder = find_models_dir()
     models = list_models(folder)
     if args.json:

@@ -97,7 +97,7 @@ def decode_dicom(data: bytes, *, name: str = "<dicom>", max_pixels: int | None =
         raise UnsupportedFormatError(
             f"{name}: is a DICOM file, but pydicom is not installed: pip install 'cxr-edge[dicom]'"
         ) from err
-    from .imaging import decode_slot, has_dicom_preamble
+    from .imaging import decode_slot, has_dicom_preamble  # imaging imports this module when it meets DICOM
 
     _install_filter()
     with _quiet_pydicom():

@@ -235,7 +235,7 @@ def load_image(source: ImageSource, *, max_pixels: int = MAX_PIXELS, name: str |
         return _array_to_rgb(source, name or "<array>", max_pixels)
     data, name = read_bytes(source, name=name)
     if is_dicom(data):
-        from .dicom import decode_dicom  # optional dependency, imported only for DICOM
+        from .dicom import decode_dicom  # only for DICOM (it needs pydicom); dicom.py uses this module's limits
 
         gray = decode_dicom(data, name=name, max_pixels=max_pixels, max_decoded_bytes=MAX_DECODED_BYTES,
                             reduce_to=decode_max_side)

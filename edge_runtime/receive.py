@@ -20,8 +20,8 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from .dicom_sc import build_result_sc, film_header
 from .errors import (
-    CxrError,
     DicomNodeError,
     ImageTooLargeError,
     InvalidImageError,
@@ -365,8 +365,6 @@ class StorageNode:
                 return refuse(STATUS_OUT_OF_RESOURCES, "the screening log cannot be written")
         logger.info("screened an instance from %s: row %d, %s", calling_ae or "?", row_id, result.label)
         if self._queue is not None:
-            from .dicom_sc import film_header
-
             try:
                 self._queue.put_nowait((film_header(dataset), result))
             except queue.Full:
@@ -409,8 +407,6 @@ class StorageNode:
             DicomNodeError: no association, or the receiver refused the object.
         """
         from pynetdicom import AE
-
-        from .dicom_sc import build_result_sc
 
         target = self.forward
         sc = build_result_sc(film, result, title=self.title, alpha=self.alpha, station_ae=self.ae_title)

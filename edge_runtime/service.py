@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import ServiceError
+from .model_files import find_models_dir
 from .receive import DEFAULT_PORT as DICOM_PORT
 from .web.config import DEFAULT_PORT as WEB_PORT
 from .web.config import MIN_TOKEN_LENGTH
@@ -277,8 +278,6 @@ def install_service(config: ServiceConfig, unit_dir: Path = DEFAULT_UNIT_DIR, *,
     Raises:
         ServiceError: the user is missing, or the token file is unsafe.
     """
-    from .model_files import find_models_dir
-
     user_created = ensure_user(config.user, Path(config.state_dir), create_user)
     token_created = write_token_file(Path(config.token_file), config.user) if config.service == "serve" else False
     copied = copy_models(models_source or find_models_dir(), Path(config.models_dir))

@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import ModelError
+from .errors import ModelError, ModelIntegrityError
 
 #: Bump when a field changes meaning; the runtime refuses specs newer than it understands.
 #: 2: adds ``title``, ``description``, ``populations`` and ``population_check`` (a runtime that
@@ -233,8 +234,6 @@ def read_embedded_spec(model_path: str | Path) -> dict | None:
     Raises:
         ModelError: the embedded copy exists but is not valid JSON.
     """
-    import zipfile
-
     try:
         with zipfile.ZipFile(model_path) as archive:
             if EMBEDDED_SPEC_NAME not in archive.namelist():
@@ -259,8 +258,6 @@ def check_binding(spec: ModelSpec, model_path: str | Path, spec_path: str | Path
     Raises:
         ModelIntegrityError: no embedded spec, or one that differs (the fields are named).
     """
-    from .errors import ModelIntegrityError
-
     model_path = Path(model_path)
     where = spec_path or f"the spec of {model_path.name}"
     embedded = read_embedded_spec(model_path)

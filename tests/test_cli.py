@@ -201,7 +201,7 @@ def test_demo_default_on_the_real_samples(capsys, tmp_path, monkeypatch):
     monkeypatch.delenv("CXR_SAMPLES", raising=False)
     monkeypatch.chdir(REPO_ROOT)  # the README runs it from the checkout, installed or not
     assert any(d.resolve() == FULLRES.resolve() for d in cli.default_samples_dirs())
-    code, out, err = run(capsys, "demo", "--no-log", "--heatmap", tmp_path / "maps")
+    code, out, err = run(capsys, "demo", "--heatmap", tmp_path / "maps")
     assert code == 0, err
     assert "of 24 screening decisions agreed" in out
     assert len(list((tmp_path / "maps").glob("*.png"))) == 24
@@ -476,3 +476,44 @@ def test_watch_prints_each_error_once(capsys, env):
     code, out, err = run(capsys, "watch", inbox, "--once", "--settle", "0", "--grace", "0", "--interval", "0.01", "--no-log")
     assert code == 1
     assert err.count("bad.png: not a recognised image") == 1, err
+
+
+def test_demo_refuses_no_log_which_would_mean_nothing(capsys):
+    code, _, err = run(capsys, "demo", "--no-log")
+    assert code == 2 and "unrecognized arguments: --no-log" in err
+
+
+def test_each_command_offers_only_options_it_reads():
+    """Static check over cli.py: every option of a subcommand is read by its handler or a helper it calls."""
+    import argparse
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(cli))
+    functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+
+    def reads(name: str, seen: set) -> set:
+        if name in seen or name not in functions:
+            return set()
+        seen.add(name)
+        found = set()
+        for node in ast.walk(functions[name]):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "args":
+                found.add(node.attr)
+            elif isinstance(node, ast.Call) and getattr(node.func, "id", "") == "getattr" and len(node.args) >= 2 \
+                    and getattr(node.args[0], "id", "") == "args" and isinstance(node.args[1], ast.Constant):
+                found.add(node.args[1].value)
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                found |= reads(node.func.id, seen)
+        return found
+
+    always = reads("main", set()) | {"handler", "command", "help", "version"}
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    unread = {}
+    for command, parser in sub.choices.items():
+        handler = parser.get_default("handler").__name__
+        used = reads(handler, set()) | always
+        dests = {a.dest for a in parser._actions if a.dest != "help"}
+        if dests - used:
+            unread[command] = sorted(dests - used)
+    assert not unread

@@ -15,6 +15,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, send_file, url_for
 
+from .. import __version__
 from ..cam import upsample
 from ..errors import (
     ApiError,
@@ -28,10 +29,12 @@ from ..errors import (
 )
 from ..i18n import plain_result, population_text, task_title, translator
 from ..imaging import is_dicom
+from ..interpreter import find_interpreter_class
 from ..log import local_time
 from ..model_files import model_title
 from ..render import colorize, encode_jpeg, encode_png, fit_within
 from .language import request_language
+from .pdf import render_pdf
 from .report import NOTICE, render_report
 from .state import get_state
 from .store import PREVIEW_SIDE
@@ -250,10 +253,8 @@ _VERSIONS_LOCK = threading.Lock()
 def _versions() -> dict[str, Any]:
     with _VERSIONS_LOCK:
         if not _VERSIONS:
-            import edge_runtime
-
             _VERSIONS["python"] = platform.python_version()
-            _VERSIONS["edge_runtime"] = getattr(edge_runtime, "__version__", None) or _dist_version(
+            _VERSIONS["edge_runtime"] = __version__ or _dist_version(
                 "cxr-edge", "edge-runtime", "edge_runtime")
             for dist in ("numpy", "pillow", "flask", "waitress", "ai-edge-litert", "tflite-runtime", "pydicom"):
                 _VERSIONS[dist] = _dist_version(dist)
@@ -274,8 +275,6 @@ _RUNTIME: dict[str, str | None] = {}
 
 def _runtime_name() -> str | None:
     if "name" not in _RUNTIME:
-        from ..interpreter import find_interpreter_class
-
         try:
             _RUNTIME["name"] = find_interpreter_class()[1]
         except RuntimeUnavailableError:
@@ -507,8 +506,6 @@ def history_report(row_id: int) -> Response:
 @api.get("/history/<int:row_id>/report.pdf")
 def history_report_pdf(row_id: int) -> Response:
     """The one-page result as a PDF: plain result, reference, image, population, model hash, notice."""
-    from .pdf import render_pdf
-
     parts = _report_parts(row_id)
     pdf = render_pdf(parts["row"], parts["preview"], parts["heatmap"], t=translator(parts["language"]),
                      plain=parts["plain"], population=parts["population"], title=parts["title"],

@@ -13,7 +13,9 @@ from urllib.parse import urlsplit
 from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from ..classifier import Classifier, ClassifierOptions
 from ..errors import ApiError, CxrError, ModelError
+from ..log import ScreeningLog
 from .camera import FrameTaker, detect_camera
 from .config import WebConfig, is_loopback
 from .api import api
@@ -81,8 +83,6 @@ def _host_name(host: str) -> str:
 
 
 def _default_classifier_factory(config: WebConfig):
-    from ..classifier import Classifier, ClassifierOptions
-
     def make(entry: ModelEntry):
         options = ClassifierOptions(num_threads=config.num_threads, heatmap=False,
                                     quality_gate=config.quality_gate, spec_path=str(entry.spec_path),
@@ -93,8 +93,6 @@ def _default_classifier_factory(config: WebConfig):
 
 
 def _open_log(path: Path, patient_reference: bool = False):
-    from ..log import ScreeningLog
-
     return ScreeningLog(path, store_patient_ids=patient_reference)
 
 
