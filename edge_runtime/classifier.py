@@ -16,6 +16,7 @@ from .cam import compute_cam
 from .errors import ModelError, ModelIntegrityError
 from .imaging import ImageSource, load_image, prepare_input, read_bytes
 from .interpreter import make_interpreter
+from .population import apply_population_check, population_dict, validate_population_check
 from .spec import ModelSpec, check_binding, find_spec_for_model, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,11 @@ class Result:
     model_sha256: str
     quality: dict = dataclasses.field(default_factory=dict)
     spec_sha256: str = ""
+    #: Outcome of the spec's out-of-population check (``expected``, ``other``, ``score``, ``outside``),
+    #: ``{}`` when the model has none or its file has no feature map to apply it to.
+    population: dict = dataclasses.field(default_factory=dict)
+    #: Populations the model was validated on (from its spec).
+    validated_populations: tuple = ()
     heatmap: np.ndarray | None = dataclasses.field(default=None, repr=False)
     image: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
@@ -100,6 +106,8 @@ class Result:
             "model_sha256": self.model_sha256,
             "spec_sha256": self.spec_sha256,
             "quality": dict(self.quality),
+            "population_check": population_dict(self.population),
+            "validated_populations": list(self.validated_populations),
         }
 
 
@@ -167,6 +175,10 @@ class Classifier:
         self._cam_weights = np.asarray(self.spec.cam_weights, dtype=np.float32) if self.spec.cam_weights else None
         if self._features_out is not None and self._cam_weights is None:
             raise ModelError(f"spec {spec_path} has no cam_weights for the model's feature-map output")
+        self._population_check = self.spec.population_check or None
+        if self._population_check is not None:
+            channels = int(self._features_out["shape"][-1]) if self._features_out is not None else None
+            validate_population_check(self._population_check, channels)
 
     # -- set-up checks ---------------------------------------------------------------------
     def _check_input(self, details: list) -> dict:
@@ -191,6 +203,11 @@ class Classifier:
     def has_heatmap(self) -> bool:
         """True when the model file also outputs the feature map (the ``*_cam.tflite`` variant)."""
         return self._features_out is not None
+
+    @property
+    def checks_population(self) -> bool:
+        """True when every result carries the out-of-population check (spec check + feature map)."""
+        return self._population_check is not None and self._features_out is not None
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -264,6 +281,9 @@ class Classifier:
         probs, features = self.run(prepared)
         timings["invoke"] = (time.perf_counter() - mark) * 1000.0
         index, score, positive = self.decide(probs)
+        population = {}
+        if self._population_check is not None and features is not None:
+            population = apply_population_check(self._population_check, features)
         cam = None
         if heatmap:
             mark = time.perf_counter()
@@ -284,6 +304,8 @@ class Classifier:
             model_sha256=self.model_sha256,
             spec_sha256=self.spec_sha256,
             quality=quality,
+            population=population,
+            validated_populations=tuple(self.spec.populations),
             heatmap=cam,
             image=rgb,
         )

@@ -31,6 +31,7 @@ from .errors import (
     StorageError,
     UsageError,
 )
+from .i18n import DEFAULT_LANGUAGE, population_notice
 from .imaging import IMAGE_SUFFIXES
 from .log import ScreeningLog, default_log_path, local_time
 from .model_files import (
@@ -42,6 +43,7 @@ from .model_files import (
     model_title,
     resolve_model,
 )
+from .population import population_dict
 from .receive import DEFAULT_AE_TITLE
 from .receive import DEFAULT_HOST as DICOM_HOST
 from .receive import DEFAULT_PORT as DICOM_PORT
@@ -387,7 +389,11 @@ def _row(result, path: str, heatmap, row_id) -> dict:
         "threshold": float(result.threshold),
         "decision": result.decision,
         "latency_ms": round(float(result.latency_ms), 3),
+        "population_check": population_dict(getattr(result, "population", None)),
     }
+    notice = population_notice(DEFAULT_LANGUAGE, getattr(result, "population", None))
+    if notice:
+        data["population_notice"] = notice
     if heatmap is not None:
         data["heatmap"] = str(heatmap)
     if row_id is not None:
@@ -406,8 +412,11 @@ def score_meaning(negative_label: str = "NORMAL") -> str:
 
 def _table_line(row: dict) -> str:
     heatmap = Path(row["heatmap"]).name if row.get("heatmap") else "-"
-    return (f"{row['label']:<12} {row['score']:>6.3f} {row['threshold']:>6.3f} {row['decision']:<41} "
+    line = (f"{row['label']:<12} {row['score']:>6.3f} {row['threshold']:>6.3f} {row['decision']:<41} "
             f"{row['latency_ms']:>7.1f}  {heatmap:<28}  {row['path']}")
+    if (row.get("population_check") or {}).get("outside"):  # the warning under the row it concerns
+        line += f"\n{'':<12} ! {row['population_notice']}"
+    return line
 
 
 def _classify_one(classifier, log, source, name: str, heatmap_dir: Path | None, alpha: float,

@@ -108,3 +108,21 @@ def population_text(spec: Any, spec_path: str | Path | None = None, language: st
         return value.strip()
     key = _POPULATION_KEYS.get(str(getattr(spec, "task", "")), "population.unknown")
     return translate(language, key)
+
+
+def population_group(language: str, group: str) -> str:
+    """A population tag of a spec (``children``, ``adults``) as words in ``language``."""
+    key = f"population.group.{group}"
+    text = translate(language, key)
+    return group if text == key else text
+
+
+def population_notice(language: str, population: Mapping[str, Any] | None) -> str | None:
+    """The out-of-population check's outcome in words: a warning when the film looks like another
+    population's, a confirmation otherwise, None when the model has no check."""
+    if not population or "outside" not in population:
+        return None
+    key = "population.outside" if population["outside"] else "population.inside"
+    return translate(language, key, expected=population_group(language, str(population["expected"])),
+                     other=population_group(language, str(population["other"])),
+                     score=f"{float(population['score']):.2f}")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, TextIO, Union
 
 from .errors import LogError
+from .population import population_dict
 
 logger = logging.getLogger(__name__)
 
@@ -22,16 +23,19 @@ PathLike = Union[str, os.PathLike]
 #: Environment variable naming the log file (used by the CLI).
 LOG_PATH_ENV = "CXR_LOG"
 #: Schema version kept in ``PRAGMA user_version``. Version 2 added ``instance_sha256`` and
-#: ``spec_sha256``; version 1 logs are migrated in place when opened, every row kept.
-SCHEMA_VERSION = 2
+#: ``spec_sha256``; version 3 ``population`` (the out-of-population check's outcome, JSON). Older
+#: logs are migrated in place when opened, every row kept.
+SCHEMA_VERSION = 3
 
 #: Columns of schema version 1, in table order.
 COLUMNS_V1 = ("id", "time", "source", "image_sha256", "label", "probabilities", "score", "threshold", "decision",
               "model_name", "model_sha256", "heatmap_path", "latency_ms", "patient_id")
 #: Columns added by schema version 2, in table order.
 COLUMNS_ADDED_V2 = ("instance_sha256", "spec_sha256")
+#: Columns added by schema version 3.
+COLUMNS_ADDED_V3 = ("population",)
 #: Columns, in table order.
-COLUMNS = COLUMNS_V1 + COLUMNS_ADDED_V2
+COLUMNS = COLUMNS_V1 + COLUMNS_ADDED_V2 + COLUMNS_ADDED_V3
 #: Columns left out of the CSV: the DICOM instance key, and ``heatmap_path`` (a path on this machine);
 #: ``patient_id`` too, unless the log stores patient references.
 _CSV_HIDDEN = ("instance_sha256", "heatmap_path")
@@ -53,7 +57,8 @@ CREATE TABLE IF NOT EXISTS screenings (
     latency_ms    REAL,
     patient_id    TEXT,              -- the patient reference; NULL unless store_patient_ids=True
     instance_sha256 TEXT,            -- sha256 of a DICOM SOP Instance UID (schema 2), else NULL
-    spec_sha256   TEXT               -- sha256 of the spec sidecar the result was computed with (schema 2)
+    spec_sha256   TEXT,              -- sha256 of the spec sidecar the result was computed with (schema 2)
+    population    TEXT               -- JSON outcome of the model's out-of-population check, if any (schema 3)
 );
 """
 # Indexes, created after any migration (the instance index needs the version-2 column).
@@ -125,6 +130,12 @@ def _field(result: Any, name: str, default: Any = None) -> Any:
     return getattr(result, name, default)
 
 
+def _population_json(population: Any) -> str | None:
+    """The out-of-population check's outcome as stored (JSON), or None when the model has no check."""
+    data = population_dict(population) if isinstance(population, Mapping) else None
+    return None if data is None else json.dumps(data)
+
+
 class ScreeningLog:
     """Append-only record of screenings in one SQLite file.
 
@@ -176,10 +187,12 @@ class ScreeningLog:
                                f"{SCHEMA_VERSION}: upgrade cxr-edge")
             self._conn.executescript(_SCHEMA)
             columns = [row[1] for row in self._conn.execute("PRAGMA table_info(screenings)")]
-            if tuple(columns) == COLUMNS_V1:  # schema 1: add the columns in place, rows kept
-                logger.info("%s: migrating the screening log from schema 1 to %d", self.path, SCHEMA_VERSION)
+            if len(columns) < len(COLUMNS) and tuple(columns) == COLUMNS[:len(columns)] \
+                    and len(columns) >= len(COLUMNS_V1):  # an older schema: add the columns in place, rows kept
+                logger.info("%s: migrating the screening log from schema %d to %d", self.path, version or 1,
+                            SCHEMA_VERSION)
                 self._conn.execute("BEGIN IMMEDIATE")
-                for column in COLUMNS_ADDED_V2:
+                for column in COLUMNS[len(columns):]:
                     self._conn.execute(f"ALTER TABLE screenings ADD COLUMN {column} TEXT")
                 self._conn.execute("COMMIT")
                 columns = [row[1] for row in self._conn.execute("PRAGMA table_info(screenings)")]
@@ -245,6 +258,7 @@ class ScreeningLog:
             None if patient_id is None or not str(patient_id).strip() else str(patient_id).strip(),
             None if instance_uid is None else instance_key(instance_uid),
             _field(result, "spec_sha256") or None,
+            _population_json(_field(result, "population")),
         )
         with self._lock:
             conn = self._connection()
@@ -273,6 +287,11 @@ class ScreeningLog:
         except ValueError:
             logger.warning("row %s: unreadable probabilities %r", data.get("id"), data["probabilities"])
             data["probabilities"] = {}
+        try:
+            data["population"] = json.loads(data["population"]) if data.get("population") else None
+        except ValueError:
+            logger.warning("row %s: unreadable population %r", data.get("id"), data["population"])
+            data["population"] = None
         return data
 
     def _connection(self) -> sqlite3.Connection:

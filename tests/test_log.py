@@ -246,9 +246,28 @@ def test_a_schema_1_log_is_migrated_in_place(tmp_path):
         row_id = log.record(make_result(spec_sha256="ef" * 32), source="dicom", instance_uid="1.2.3")
         assert log.seen_instance("1.2.3", "cd" * 32) == row_id
         assert log.get(row_id)["spec_sha256"] == "ef" * 32
+        assert log.get(1)["population"] is None
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
     conn.close()
+
+
+def test_a_schema_2_log_gains_the_population_column_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "v2.db"
+    with ScreeningLog(path) as log:
+        log.record(make_result())
+    conn = sqlite3.connect(path)  # make it a schema-2 log: drop the column schema 3 added
+    conn.executescript("ALTER TABLE screenings DROP COLUMN population; PRAGMA user_version=2;")
+    conn.close()
+    outcome = {"expected": "children", "other": "adults", "score": 0.912345678, "outside": True}
+    with ScreeningLog(path) as log:
+        assert log.count() == 1 and log.get(1)["population"] is None
+        row_id = log.record(make_result(population=outcome))
+        assert log.get(row_id)["population"] == {"expected": "children", "other": "adults", "score": 0.9123,
+                                                 "outside": True}
+        buffer = io.StringIO()
+        log.export_csv(buffer)
+    assert '""outside"": true' in buffer.getvalue()
 
 
 def test_csv_export_holds_no_server_paths(tmp_path):

@@ -186,3 +186,55 @@ def test_language_from_the_browser_and_the_switch(browser, server):
         assert watched.problems == []
     finally:
         context.close()
+
+
+def _etiology_checks_population() -> bool:
+    import json
+
+    spec = ASSETS / "cxr_etiology_160.spec.json"
+    return spec.is_file() and bool(json.loads(spec.read_text(encoding="utf-8")).get("population_check"))
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "covid19" / "COVID19").is_dir(), reason="adult films not found")
+def test_an_adult_film_on_the_children_only_model_carries_the_notice_to_page_and_pdf(browser, server):
+    """The etiology model is children-only: an adult's film (a source its check never saw) gets the notice on
+    the page and in the PDF; a child's film does not."""
+    from playwright.sync_api import expect
+
+    if not _etiology_checks_population():
+        pytest.skip("the shipped etiology spec carries no population_check")
+    adult = sorted((SHARED_DATA / "covid19" / "COVID19").glob("*"))[0]
+    context, watched = _page(browser, server)
+    page = watched.page
+    try:
+        page.goto(server.url + "/")
+        page.select_option("#model", "cxr_etiology_160")
+        page.set_input_files("#file", str(adult))
+        page.click("#submit")
+        expect(page.locator("#result")).to_be_visible(timeout=30_000)
+        warning = page.locator("#population-warning")
+        expect(warning).to_be_visible()
+        expect(warning).to_contain_text("adults")
+        expect(warning).to_contain_text("children only")
+        expect(page.locator("#warnings")).to_be_hidden()  # shown once, not twice
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "web-clinic-out-of-population.png"), full_page=True)
+        with page.expect_download() as info:
+            page.click("#download-pdf")
+        saved = ARTIFACTS / "web-clinic-out-of-population.pdf"
+        info.value.save_as(str(saved))
+        text = " ".join(p.extract_text() for p in pypdf.PdfReader(io.BytesIO(saved.read_bytes())).pages)
+        assert "children only" in text.replace("\n", " ")
+        row = server.app.extensions["cxr_edge"].log.get(int(page.locator("#result-id").inner_text()))
+        assert row["population"]["outside"] is True
+
+        page.goto(server.url + "/")
+        page.select_option("#model", "cxr_etiology_160")
+        page.set_input_files("#file", str(_film("NORMAL")))
+        page.click("#submit")
+        expect(page.locator("#result")).to_be_visible(timeout=30_000)
+        expect(page.locator("#population-warning")).to_be_hidden()
+        expect(page.locator("#population-check")).to_contain_text("validated on")
+        assert watched.problems == []
+    finally:
+        context.close()

@@ -26,6 +26,8 @@ class AugmentConfig:
     rotation_deg: float = 8.0
     zoom: float = 0.12  # scale in [1 - zoom, 1 + zoom], x and y drawn apart (aspect change)
     shift: float = 0.07  # fraction of the side
+    p_crop: float = 0.0  # tighter collimation / another detector aspect: crop a window, stretch it back
+    crop: float = 0.35  # largest share of each axis cut away (drawn apart per axis: aspect up to 1.5x)
     p_border: float = 0.2
     border: float = 0.08  # largest band, fraction of the side
     p_marker: float = 0.3
@@ -69,6 +71,13 @@ def augment_image(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
     x = cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     m = cv2.warpAffine(mask.astype(np.float32), matrix, (w, h), flags=cv2.INTER_LINEAR,
                        borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+    if rng.random() < cfg.p_crop:
+        keep = 1.0 - rng.uniform(0.0, cfg.crop, 2)
+        ch, cw = max(8, int(round(h * keep[0]))), max(8, int(round(w * keep[1])))
+        top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        x = cv2.resize(x[top:top + ch, left:left + cw], (w, h), interpolation=cv2.INTER_LINEAR)
+        m = cv2.resize(m[top:top + ch, left:left + cw], (w, h), interpolation=cv2.INTER_LINEAR)
 
     x = cv2.LUT(x, _exposure_lut(rng, cfg, float(x.mean()) / 255.0))
 

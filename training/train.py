@@ -48,6 +48,7 @@ class TrainConfig:
     seed: int = 0
     min_sensitivity: float = 0.95
     augment: bool = True
+    crop_augment: float = 0.0  # share of images also cropped and stretched back (AugmentConfig.p_crop)
     balance: str = "population"  # population: equal share per (class, population); class; none
     class_weighting: bool = True  # only with balance="none"
     epoch_size: int = 6000  # images drawn per epoch (0: the size of the training side)
@@ -192,7 +193,7 @@ class _Trainer:
         import keras
         import tensorflow as tf
 
-        from .augment import augment_batch
+        from .augment import AugmentConfig, augment_batch
         from .model import CLASSIFIER_LAYER, FEATURE_LAYER
 
         self.model, self.config = model, config
@@ -208,6 +209,7 @@ class _Trainer:
         self.ema = [tf.Variable(w, trainable=False) for w in model.weights] if config.ema else None
         self.step_count = tf.Variable(0.0, trainable=False)
         self.augment = augment_batch if config.augment else None
+        self.augment_config = AugmentConfig(p_crop=config.crop_augment)
         self.loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing,
                                                             reduction=None)
         self.optimizer = None
@@ -224,7 +226,7 @@ class _Trainer:
     def _batch(self, idx: np.ndarray):
         x, m = self.images[idx], self.masks[idx]
         if self.augment is not None:
-            x, m = self.augment(x, m, self.rng)
+            x, m = self.augment(x, m, self.rng, self.augment_config)
         return x, m.astype(np.float32), self.labels[idx], self.has_mask[idx]
 
     def _train_step(self, x, m, labels, has):
@@ -532,6 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-sensitivity", type=float, default=d.min_sensitivity,
                    help="sensitivity the screening threshold must reach on the calibration side")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="turn the shift augmentation off")
+    p.add_argument("--crop-augment", type=float, default=d.crop_augment,
+                   help="share of training images also cropped to a window of 65-100%% of each axis and stretched "
+                        "back (tighter collimation, another detector aspect)")
     p.add_argument("--balance", choices=("population", "class", "none"), default=d.balance,
                    help="population: each (class, population) pair gets an equal share of every epoch; "
                         "class: each class; none: a plain shuffle with class weights")

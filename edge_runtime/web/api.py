@@ -27,11 +27,12 @@ from ..errors import (
     UnknownModelError,
     UnsupportedFormatError,
 )
-from ..i18n import plain_result, population_text, task_title, translator
+from ..i18n import plain_result, population_notice, population_text, task_title, translator
 from ..imaging import is_dicom
 from ..interpreter import find_interpreter_class
 from ..log import local_time
 from ..model_files import model_title
+from ..population import population_dict
 from ..render import colorize, encode_jpeg, encode_png, fit_within
 from .language import request_language
 from .pdf import render_pdf
@@ -176,8 +177,11 @@ def _classify_and_answer(source, origin: str, entry, want_heatmap: bool, want_pr
     warnings: list[str] = []
     if want_heatmap and not has_heatmap:
         warnings.append(f"model file {entry.model_path.name} has no feature-map output: no heatmap")
-    row_id = _record(state, result, origin, warnings, reference)
     language = request_language()
+    notice = population_notice(language, result.population)
+    if result.population.get("outside"):
+        warnings.append(notice)
+    row_id = _record(state, result, origin, warnings, reference)
     preview = None
     if want_preview or (want_heatmap and result.heatmap is not None):
         preview = fit_within(result.image, PREVIEW_SIDE)
@@ -191,6 +195,8 @@ def _classify_and_answer(source, origin: str, entry, want_heatmap: bool, want_pr
         "threshold_rule": _threshold_rule(entry.spec.negative_label, float(result.threshold)),
         "plain": plain_result(language, result.label, bool(result.positive)),
         "population": population_text(entry.spec, entry.spec_path, language),
+        "population_check": population_dict(result.population),
+        "population_notice": notice,
         "reference": reference,
         "probabilities": {k: round(float(v), 6) for k, v in result.probabilities.items()},
         "latency_ms": round(float(result.latency_ms), 3),
@@ -373,6 +379,7 @@ def public_row(row: dict, language: str = "en") -> dict:
         "latency_ms": float(row["latency_ms"] or 0.0),
         "reference": row.get("patient_id") if state.config.patient_reference else None,
         "has_heatmap": bool(row.get("heatmap_path")),
+        "population_check": population_dict(row.get("population")),
         "has_thumbnail": _has_thumbnail(state.store, row["image_sha256"]),
         "thumbnail_url": url_for("api.history_thumbnail", row_id=row_id),
         "report_url": url_for("api.history_report", row_id=row_id),
@@ -488,6 +495,8 @@ def _report_parts(row_id: int) -> dict:
     return {"row": row, "preview": preview, "heatmap": heatmap, "language": language, "title": title,
             "population": population, "negative_label": negative_label,
             "plain": plain_result(language, row["label"], positive),
+            "population_notice": population_notice(language, row.get("population")),
+            "outside_population": bool((row.get("population") or {}).get("outside")),
             "reference": row.get("patient_id") if state.config.patient_reference else None}
 
 
@@ -498,7 +507,8 @@ def history_report(row_id: int) -> Response:
     png = render_report(parts["row"], parts["preview"], parts["heatmap"], negative_label=parts["negative_label"],
                         title=parts["title"], runtime_version=_versions().get("edge_runtime") or "",
                         t=translator(parts["language"]), plain=parts["plain"], population=parts["population"],
-                        reference=parts["reference"])
+                        reference=parts["reference"], population_notice=parts["population_notice"],
+                        outside_population=parts["outside_population"])
     return send_file(io.BytesIO(png), mimetype="image/png", as_attachment=True,
                      download_name=f"cxr-screening-{row_id}.png", max_age=0)
 
@@ -511,7 +521,8 @@ def history_report_pdf(row_id: int) -> Response:
                      plain=parts["plain"], population=parts["population"], title=parts["title"],
                      reference=parts["reference"], negative_label=parts["negative_label"],
                      runtime_version=_versions().get("edge_runtime") or "",
-                     time_text=local_time(parts["row"]["time"]))
+                     time_text=local_time(parts["row"]["time"]), population_notice=parts["population_notice"],
+                     outside_population=parts["outside_population"])
     return send_file(io.BytesIO(pdf), mimetype="application/pdf", as_attachment=True,
                      download_name=f"cxr-screening-{row_id}.pdf", max_age=0)
 

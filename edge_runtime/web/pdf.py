@@ -33,7 +33,8 @@ def _jpeg(image: np.ndarray) -> io.BytesIO:
 def render_pdf(row: Mapping[str, Any], preview: np.ndarray | None, heatmap: np.ndarray | None, *,
                t: Callable[..., str], plain: str, population: str, title: str | None,
                reference: str | None, negative_label: str = "NORMAL", runtime_version: str = "",
-               time_text: str = "") -> bytes:
+               time_text: str = "", population_notice: str | None = None,
+               outside_population: bool = False) -> bytes:
     """Draw the result as a one-page A4 PDF.
 
     Args:
@@ -50,6 +51,8 @@ def render_pdf(row: Mapping[str, Any], preview: np.ndarray | None, heatmap: np.n
         negative_label: The model's "no finding" label.
         runtime_version: Printed in the footer.
         time_text: The screening time as people read it (local time).
+        population_notice: The out-of-population check's outcome in words (None: no check).
+        outside_population: The check flagged the film: its notice is printed as a warning.
 
     Returns:
         The PDF's bytes.
@@ -81,6 +84,9 @@ def render_pdf(row: Mapping[str, Any], preview: np.ndarray | None, heatmap: np.n
     text(16, plain, bold=True, colour=_POSITIVE if positive else _NEGATIVE, height=8)
     if reference:
         text(11, f"{t('result.reference')}: {reference}", bold=True, height=6)
+    if population_notice and outside_population:
+        pdf.ln(1)
+        text(10, population_notice, bold=True, colour=_NOTICE_INK, fill=_NOTICE_BG, height=6)
     pdf.ln(2)
     score, threshold = float(row.get("score", 0.0)), float(row.get("threshold", 0.5))
     relation = t("result.at_or_above") if score >= threshold else t("result.below")
@@ -126,6 +132,8 @@ def render_pdf(row: Mapping[str, Any], preview: np.ndarray | None, heatmap: np.n
         (t("report.image_sha"), str(row.get("image_sha256", ""))),
         (t("result.population"), population),
     ]
+    if population_notice:
+        details.append((t("result.population_check"), population_notice))
     for key, value in details:
         pdf.set_font("helvetica", "B", 9)
         pdf.set_text_color(*_INK)

@@ -73,10 +73,22 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
     return lines
 
 
+def _notice_box(draw: ImageDraw.ImageDraw, message: str, y: int, width: int) -> int:
+    """A boxed warning across the page at ``y``; returns the y below it."""
+    notice_font = _font(24, bold=True)
+    lines = _wrap(draw, message, notice_font, width - 40)
+    box_height = 24 + 32 * len(lines)
+    draw.rectangle((_MARGIN, y, _MARGIN + width, y + box_height), fill=_NOTICE_BG, outline=_NOTICE_INK, width=2)
+    for index, line in enumerate(lines):
+        draw.text((_MARGIN + 20, y + 12 + 32 * index), line, font=notice_font, fill=_NOTICE_INK)
+    return y + box_height
+
+
 def render_report(row: Mapping[str, Any], preview: np.ndarray | None, heatmap: np.ndarray | None,
                   *, negative_label: str = "NORMAL", title: str | None = None,
                   runtime_version: str = "", t: Callable[..., str] | None = None, plain: str | None = None,
-                  population: str | None = None, reference: str | None = None) -> bytes:
+                  population: str | None = None, reference: str | None = None,
+                  population_notice: str | None = None, outside_population: bool = False) -> bytes:
     """Draw the one-page result as PNG.
 
     Args:
@@ -91,6 +103,9 @@ def render_report(row: Mapping[str, Any], preview: np.ndarray | None, heatmap: n
         plain: The result in plain words, printed first.
         population: Which population the model was validated on.
         reference: The patient reference, printed when given.
+        population_notice: The out-of-population check's outcome in words (None: no check).
+        outside_population: The check flagged the film: its notice is printed as a warning box
+            under the result.
 
     Returns:
         PNG bytes of a 1240 x 1754 page (A4 at 150 dpi).
@@ -105,13 +120,7 @@ def render_report(row: Mapping[str, Any], preview: np.ndarray | None, heatmap: n
         draw.text((_MARGIN, y), line, font=_font(44, bold=True), fill=_INK)
         y += 56
     y += 8
-    notice_font = _font(24, bold=True)
-    lines = _wrap(draw, t("notice"), notice_font, width - 40)
-    box_height = 24 + 32 * len(lines)
-    draw.rectangle((_MARGIN, y, _MARGIN + width, y + box_height), fill=_NOTICE_BG, outline=_NOTICE_INK, width=2)
-    for index, line in enumerate(lines):
-        draw.text((_MARGIN + 20, y + 12 + 32 * index), line, font=notice_font, fill=_NOTICE_INK)
-    y += box_height + 30
+    y = _notice_box(draw, t("notice"), y, width) + 30
 
     positive = str(row.get("decision", "")).startswith("screening positive")
     colour = _POSITIVE if positive else _NEGATIVE
@@ -122,6 +131,8 @@ def render_report(row: Mapping[str, Any], preview: np.ndarray | None, heatmap: n
     if reference:
         draw.text((_MARGIN, y), f"{t('result.reference')}: {reference}", font=_font(30, bold=True), fill=_INK)
         y += 44
+    if population_notice and outside_population:
+        y = _notice_box(draw, population_notice, y, width) + 14
     draw.text((_MARGIN, y), f"{row.get('label', '?')} - {row.get('decision', '')}", font=_font(28, bold=True),
               fill=colour)
     y += 44
@@ -179,6 +190,8 @@ def render_report(row: Mapping[str, Any], preview: np.ndarray | None, heatmap: n
     ]
     if population:
         details.append((t("result.population"), population))
+    if population_notice:
+        details.append((t("result.population_check"), population_notice))
     for key, value in details:
         draw.text((_MARGIN, y), key, font=_font(22, bold=True), fill=_INK)
         for line in _wrap(draw, value, small, width - 240) or [""]:

@@ -105,6 +105,12 @@
     plain.textContent = body.plain;
     plain.className = "plain " + tone;
     byId("result-population").textContent = body.population;
+    var check = body.population_check;
+    var outside = !!(check && check.outside);
+    byId("population-warning").textContent = outside ? body.population_notice : "";
+    byId("population-warning").hidden = !outside;
+    byId("population-check").textContent = check ? body.population_notice : "";
+    byId("population-check-line").hidden = !check || outside;
     byId("result-reference").textContent = body.reference || "";
     byId("result-reference-line").hidden = !body.reference;
     var label = byId("result-label");
@@ -167,8 +173,9 @@
     byId("result-sha").textContent = body.model_sha256;
     byId("result-id").textContent = body.id === null ? t("result.not_saved") : String(body.id);
     var warnings = byId("warnings");
-    warnings.textContent = (body.warnings || []).join(" ");
-    warnings.hidden = !(body.warnings && body.warnings.length);
+    var others = (body.warnings || []).filter(function (w) { return w !== body.population_notice; });
+    warnings.textContent = others.join(" ");
+    warnings.hidden = !others.length;
     [["download", body.report_url, ".png"], ["download-pdf", body.report_pdf_url, ".pdf"]].forEach(function (item) {
       var link = byId(item[0]);
       if (item[1]) {
