@@ -16,13 +16,11 @@ from .cam import compute_cam
 from .errors import ModelError, ModelIntegrityError
 from .imaging import ImageSource, load_image, prepare_input, read_bytes
 from .interpreter import make_interpreter
-from .population import apply_population_check, population_dict, validate_population_check
+from .population import apply_population_check, validate_population_check
+from .serialize import NEGATIVE_DECISION, POSITIVE_DECISION, result_json
 from .spec import ModelSpec, check_binding, find_spec_for_model, sha256_file
 
 logger = logging.getLogger(__name__)
-
-POSITIVE_DECISION = "screening positive: refer to a clinician"
-NEGATIVE_DECISION = "screening negative"
 
 
 def screening_score(probs: np.ndarray, negative_index: int) -> np.ndarray:
@@ -92,23 +90,8 @@ class Result:
     image: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "label": self.label,
-            "probabilities": {k: round(float(v), 6) for k, v in self.probabilities.items()},
-            "score": round(float(self.score), 6),
-            "threshold": float(self.threshold),
-            "positive": bool(self.positive),
-            "decision": self.decision,
-            "latency_ms": round(float(self.latency_ms), 3),
-            "timings_ms": {k: round(float(v), 3) for k, v in self.timings_ms.items()},
-            "image_sha256": self.image_sha256,
-            "model_name": self.model_name,
-            "model_sha256": self.model_sha256,
-            "spec_sha256": self.spec_sha256,
-            "quality": dict(self.quality),
-            "population_check": population_dict(self.population),
-            "validated_populations": list(self.validated_populations),
-        }
+        """The JSON form (:func:`edge_runtime.serialize.result_json`: rounded, no arrays)."""
+        return result_json(self)
 
 
 def _quantize(values: np.ndarray, detail: dict) -> np.ndarray:

@@ -43,12 +43,12 @@ from .model_files import (
     model_title,
     resolve_model,
 )
-from .population import population_dict
 from .receive import DEFAULT_AE_TITLE
 from .receive import DEFAULT_HOST as DICOM_HOST
 from .receive import DEFAULT_PORT as DICOM_PORT
 from .receive import ForwardTarget, StorageNode, parse_allow
 from .render import DEFAULT_ALPHA, heatmap_name, save_overlay
+from .serialize import record_json, threshold_rule
 from .spec import ModelSpec, find_spec_for_model
 from .watch import DEFAULT_POLL_SECONDS, DEFAULT_SETTLE_SECONDS, watch_folder
 from .web.config import DEFAULT_HOST as WEB_HOST
@@ -380,17 +380,7 @@ def open_camera(args):
 
 
 def _row(result, path: str, heatmap, row_id) -> dict:
-    data = {
-        "path": path,
-        "status": "classified",
-        "label": result.label,
-        "probabilities": {k: round(float(v), 6) for k, v in result.probabilities.items()},
-        "score": round(float(result.score), 6),
-        "threshold": float(result.threshold),
-        "decision": result.decision,
-        "latency_ms": round(float(result.latency_ms), 3),
-        "population_check": population_dict(getattr(result, "population", None)),
-    }
+    data = {"path": path, "status": "classified", **record_json(result)}
     notice = population_notice(DEFAULT_LANGUAGE, getattr(result, "population", None))
     if notice:
         data["population_notice"] = notice
@@ -406,8 +396,8 @@ _TABLE_HEADER = f"{'label':<12} {'score':>6} {'thresh':>6} {'decision':<41} {'ms
 
 def score_meaning(negative_label: str = "NORMAL") -> str:
     """What the tables' score column means."""
-    return (f"score = 1 - P({negative_label}), 0 to 1; at or above thresh the film is screening positive "
-            "(refer to a clinician). heatmap: the PNG written for that row in the --heatmap folder")
+    return (f"{threshold_rule(negative_label)} (thresh, the threshold; score 0 to 1). heatmap: the PNG written "
+            "for that row in the --heatmap folder")
 
 
 def _table_line(row: dict) -> str:
@@ -637,8 +627,8 @@ def cmd_history(args) -> int:
         rows = log.recent(limit=args.limit, label=args.label, offset=args.offset, reference=args.ref)
         total = log.count(args.label, reference=args.ref)
     if args.json:
-        for row in rows:
-            _out(json.dumps(row))
+        for row in rows:  # every column, with the result's fields as everywhere else (rounded, positive)
+            _out(json.dumps({**row, **record_json(row)}))
         return EXIT_OK
     with_refs = any(row["patient_id"] for row in rows)
     _out(f"{'id':>5}  {'time (local)':<23}  {'label':<12} {'score':>6} {'decision':<41} {'model':<42} "

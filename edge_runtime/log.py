@@ -11,10 +11,10 @@ import os
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any, Mapping, TextIO, Union
+from typing import Any, TextIO, Union
 
 from .errors import LogError
-from .population import population_dict
+from .serialize import record_json
 
 logger = logging.getLogger(__name__)
 
@@ -124,18 +124,6 @@ def _utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _field(result: Any, name: str, default: Any = None) -> Any:
-    if isinstance(result, Mapping):
-        return result.get(name, default)
-    return getattr(result, name, default)
-
-
-def _population_json(population: Any) -> str | None:
-    """The out-of-population check's outcome as stored (JSON), or None when the model has no check."""
-    data = population_dict(population) if isinstance(population, Mapping) else None
-    return None if data is None else json.dumps(data)
-
-
 class ScreeningLog:
     """Append-only record of screenings in one SQLite file.
 
@@ -218,7 +206,8 @@ class ScreeningLog:
         """Append one result; return its row id once the row is committed to disk.
 
         Args:
-            result: A :class:`edge_runtime.classifier.Result` (or a mapping with its fields).
+            result: A :class:`edge_runtime.classifier.Result` (or a mapping with its fields), kept as
+                :func:`edge_runtime.serialize.record_json` gives them (rounded as every output shows them).
             source: Where the image came from: a file path (kept only with
                 ``store_patient_ids``, else recorded as ``file``), ``camera``, ``web``.
             heatmap_path: The heatmap/overlay file written for it, if any.
@@ -240,25 +229,25 @@ class ScreeningLog:
             patient_id = None
         if source is not None and not self.store_patient_ids and _looks_like_path(str(source)):
             source = "file"
-        probabilities = {str(k): float(v) for k, v in dict(_field(result, "probabilities") or {}).items()}
-        latency = _field(result, "latency_ms")
+        fields = record_json(result)  # what every output shows of a result, rounded the same way
+        population = fields["population_check"]
         row = (
             _utc_now(),
             None if source is None else str(source),
-            str(_field(result, "image_sha256")),
-            str(_field(result, "label")),
-            json.dumps(probabilities, sort_keys=False),
-            float(_field(result, "score")),
-            float(_field(result, "threshold")),
-            str(_field(result, "decision")),
-            str(_field(result, "model_name")),
-            str(_field(result, "model_sha256")),
+            fields["image_sha256"],
+            fields["label"],
+            json.dumps(fields["probabilities"], sort_keys=False),
+            fields["score"],
+            fields["threshold"],
+            fields["decision"],
+            fields["model_name"],
+            fields["model_sha256"],
             None if heatmap_path is None else str(heatmap_path),
-            None if latency is None else float(latency),
+            fields["latency_ms"],
             None if patient_id is None or not str(patient_id).strip() else str(patient_id).strip(),
             None if instance_uid is None else instance_key(instance_uid),
-            _field(result, "spec_sha256") or None,
-            _population_json(_field(result, "population")),
+            fields["spec_sha256"],
+            None if population is None else json.dumps(population),
         )
         with self._lock:
             conn = self._connection()

@@ -32,8 +32,8 @@ from ..imaging import is_dicom
 from ..interpreter import find_interpreter_class
 from ..log import local_time
 from ..model_files import model_title
-from ..population import population_dict
 from ..render import colorize, encode_jpeg, encode_png, fit_within
+from ..serialize import is_positive, record_json, round_ms, threshold_rule
 from .language import request_language
 from .pdf import render_pdf
 from .report import NOTICE, render_report
@@ -90,11 +90,6 @@ def _clean_message(err: Exception) -> str:
 def _image_json(media_type: str, data: bytes, width: int, height: int) -> dict:
     return {"media_type": media_type, "encoding": "base64", "width": int(width), "height": int(height),
             "data": base64.b64encode(data).decode("ascii")}
-
-
-def _threshold_rule(negative_label: str, threshold: float) -> str:
-    return (f"score = 1 - P({negative_label}); a score at or above {threshold:.3f} means "
-            "screening positive: refer to a clinician")
 
 
 @api.post("/classify")
@@ -187,23 +182,13 @@ def _classify_and_answer(source, origin: str, entry, want_heatmap: bool, want_pr
         preview = fit_within(result.image, PREVIEW_SIDE)
     body = {
         "id": row_id,
-        "label": result.label,
-        "positive": bool(result.positive),
-        "decision": result.decision,
-        "score": round(float(result.score), 6),
-        "threshold": float(result.threshold),
-        "threshold_rule": _threshold_rule(entry.spec.negative_label, float(result.threshold)),
+        **record_json(result),
+        "timings_ms": round_ms(result.timings_ms),
+        "threshold_rule": threshold_rule(entry.spec.negative_label, result.threshold),
         "plain": plain_result(language, result.label, bool(result.positive)),
         "population": population_text(entry.spec, entry.spec_path, language),
-        "population_check": population_dict(result.population),
         "population_notice": notice,
         "reference": reference,
-        "probabilities": {k: round(float(v), 6) for k, v in result.probabilities.items()},
-        "latency_ms": round(float(result.latency_ms), 3),
-        "timings_ms": {k: round(float(v), 3) for k, v in (result.timings_ms or {}).items()},
-        "image_sha256": result.image_sha256,
-        "model_name": result.model_name,
-        "model_sha256": result.model_sha256,
         "model": {"name": entry.name, "title": task_title(language, entry.spec.task, entry.title),
                   "task": entry.spec.task,
                   "negative_label": entry.spec.negative_label, "file": entry.model_path.name,
@@ -330,7 +315,7 @@ def models() -> Response:
             "labels": list(spec.labels),
             "negative_label": spec.negative_label,
             "threshold": float(spec.threshold),
-            "threshold_rule": _threshold_rule(spec.negative_label, float(spec.threshold)),
+            "threshold_rule": threshold_rule(spec.negative_label, spec.threshold),
             "population": population_text(spec, entry.spec_path, request_language()),
             "input_size": [spec.input_height, spec.input_width],
             "file": entry.model_path.name,
@@ -359,27 +344,18 @@ def public_row(row: dict, language: str = "en") -> dict:
     this server keeps references."""
     state = get_state()
     row_id = int(row["id"])
-    positive = str(row["decision"]).startswith("screening positive")
+    record = record_json(row)
     _, title, _, _ = row_model(row, language)
     return {
         "id": row_id,
         "time": str(row["time"]),
         "time_local": local_time(row["time"]),
-        "label": row["label"],
-        "plain": plain_result(language, row["label"], positive),
-        "positive": positive,
-        "probabilities": {k: float(v) for k, v in (row.get("probabilities") or {}).items()},
-        "score": float(row["score"]),
-        "threshold": float(row["threshold"]),
-        "decision": row["decision"],
-        "model_name": row["model_name"],
+        **record,
+        "latency_ms": record["latency_ms"] or 0.0,  # a row recorded without a latency
+        "plain": plain_result(language, record["label"], record["positive"]),
         "model_title": title,
-        "model_sha256": row["model_sha256"],
-        "image_sha256": row["image_sha256"],
-        "latency_ms": float(row["latency_ms"] or 0.0),
         "reference": row.get("patient_id") if state.config.patient_reference else None,
         "has_heatmap": bool(row.get("heatmap_path")),
-        "population_check": population_dict(row.get("population")),
         "has_thumbnail": _has_thumbnail(state.store, row["image_sha256"]),
         "thumbnail_url": url_for("api.history_thumbnail", row_id=row_id),
         "report_url": url_for("api.history_report", row_id=row_id),
@@ -484,7 +460,7 @@ def _report_parts(row_id: int) -> dict:
     state = get_state()
     row = _row_or_404(row_id)
     language = request_language()
-    positive = str(row["decision"]).startswith("screening positive")
+    positive = is_positive(row["decision"])
     # A negative result's heatmap reads like a finding: it is printed only when asked for.
     show_heatmap = positive or _flag("heatmap")
     preview = state.store.load_preview(row["image_sha256"])

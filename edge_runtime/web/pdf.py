@@ -8,6 +8,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ..render import DEFAULT_ALPHA, encode_jpeg, overlay_heatmap
+from ..serialize import is_positive
 
 # The core PDF fonts cover Latin-1 (English, French, Spanish, Portuguese ...); these few common
 # characters outside it are replaced by their nearest Latin-1 spelling rather than dropped.
@@ -80,7 +81,7 @@ def render_pdf(row: Mapping[str, Any], preview: np.ndarray | None, heatmap: np.n
     pdf.ln(1)
     text(10, t("notice"), bold=True, colour=_NOTICE_INK, fill=_NOTICE_BG, height=6)
     pdf.ln(4)
-    positive = str(row.get("decision", "")).startswith("screening positive")
+    positive = is_positive(row.get("decision", ""))
     text(16, plain, bold=True, colour=_POSITIVE if positive else _NEGATIVE, height=8)
     if reference:
         text(11, f"{t('result.reference')}: {reference}", bold=True, height=6)

@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ..i18n import translator
 from ..log import local_time
 from ..render import DEFAULT_ALPHA, overlay_heatmap
+from ..serialize import is_positive
 
 #: Shown on every page and every report.
 NOTICE = ("Not a medical device. Research and screening support only: a qualified clinician must "
@@ -122,7 +123,7 @@ def render_report(row: Mapping[str, Any], preview: np.ndarray | None, heatmap: n
     y += 8
     y = _notice_box(draw, t("notice"), y, width) + 30
 
-    positive = str(row.get("decision", "")).startswith("screening positive")
+    positive = is_positive(row.get("decision", ""))
     colour = _POSITIVE if positive else _NEGATIVE
     if plain:
         for line in _wrap(draw, plain, _font(44, bold=True), width):
