@@ -26,10 +26,9 @@ TASK_TEXT = {
                "via COVID-QU-Ex and the COVID-19 Radiography Database).", [KERMANY_CREDIT, ADULT_CREDIT, COVID_CREDIT]),
     "etiology": ("NORMAL / BACTERIAL / VIRAL pneumonia on paediatric chest X-rays; the etiology labels come from the "
                  "data set's file names.", [KERMANY_CREDIT]),
-    "covid": ("COVID-19 / NORMAL / PNEUMONIA. NORMAL mixes Kermany paediatric normals and adult normals (RSNA / NIH); "
-              "PNEUMONIA mixes Kermany paediatric pneumonia and adult non-COVID pneumonia / lung opacity (RSNA / NIH via "
-              "COVID-QU-Ex); COVID-19 images are adults from other hospitals.",
-              [KERMANY_CREDIT, ADULT_CREDIT, COVID_CREDIT]),
+    "covid": ("COVID-19 / NORMAL / PNEUMONIA. NORMAL mixes Kermany paediatric normals and adult normals; COVID-19 "
+              "images are adults from other hospitals; PNEUMONIA images are all paediatric.",
+              [KERMANY_CREDIT, COVID_CREDIT]),
 }
 
 LIMITS = {
@@ -42,12 +41,11 @@ LIMITS = {
                "check on unseen hospitals."],
     "etiology": ["Bacterial and viral pneumonia are hard to tell apart on a radiograph even for radiologists; the "
                  "file-name labels are the data set's, not laboratory-confirmed per image."],
-    "covid": ["Confounder: every COVID-19 image comes from other hospitals than every NORMAL and PNEUMONIA image. The "
-              "model can learn hospital instead of disease (DeGrave et al., Nat. Mach. Intell. 2021). Adult normals and "
-              "adult non-COVID pneumonia were added to remove the plainest shortcut (adult means COVID-19 or normal): "
-              "the model shipped before them, scored on this model's held-out films, called 66% of adult non-COVID "
-              "pneumonia NORMAL and 29% COVID-19 (training/EXPERIMENTS.md). COVID-19 and other adult pneumonias are "
-              "still confused (see the confusion matrix above). Do not use it to diagnose COVID-19."],
+    "covid": ["Confounder: every COVID-19 image is an adult from other hospitals, every PNEUMONIA image a child from "
+              "Guangzhou. The model can learn age or hospital instead of disease (DeGrave et al., Nat. Mach. Intell. "
+              "2021). Adult normals were mixed into NORMAL to remove the plainest shortcut (adult means COVID), but "
+              "there is no adult non-COVID pneumonia here: an adult with bacterial pneumonia may well be called "
+              "COVID-19. Do not use it to diagnose COVID-19."],
 }
 
 
