@@ -26,6 +26,10 @@ _POPULATION_KEYS = {
 }
 
 
+#: Population codes a spec's ``populations`` may hold (see :func:`population_group`).
+POPULATION_CODES = frozenset({"children", "adults"})
+
+
 @functools.lru_cache(maxsize=None)
 def catalog(language: str) -> Mapping[str, str]:
     """The catalog of ``language`` (an empty one for an unknown language)."""
@@ -103,7 +107,10 @@ def population_text(spec: Any, spec_path: str | Path | None = None, language: st
         value = value.get("validated") or value.get("description")
     if isinstance(value, (list, tuple)):
         parts = [str(v.get("description", v)) if isinstance(v, Mapping) else str(v) for v in value]
-        value = "; ".join(p for p in parts if p.strip())
+        # Bare population codes (``children``, ``adults``, as training writes them) say less than the
+        # task's catalog sentence (which hospitals, which ages): that sentence is used for them.
+        value = "" if parts and all(p.strip() in POPULATION_CODES for p in parts) else \
+            "; ".join(p for p in parts if p.strip())
     if isinstance(value, str) and value.strip():
         return value.strip()
     key = _POPULATION_KEYS.get(str(getattr(spec, "task", "")), "population.unknown")
