@@ -21,13 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from training.data import TASKS
+
 logger = logging.getLogger("benchmarks")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ASSETS = REPO_ROOT / "android_assets"
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
 SHARED_DATA = Path(os.environ.get("CXR_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
-TASK_NAMES = ("binary", "etiology", "covid")
 
 #: Run counts per mode; any of them can be overridden on the command line.
 FULL = dict(runs=300, tflite_runs=3000, warmup=20, peer_runs=40, peer_warmup=3, e2e_runs=100, e2e_warmup=10, coldstart_runs=5,
@@ -429,8 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=None,
                    help="labelled folder to evaluate on, all of it (Kermany layout: one subfolder per class, e.g. "
                         ".../chest_xray/test); default: each model's own validation split of ../shared/data")
-    p.add_argument("--models", nargs="+", choices=TASK_NAMES, default=list(TASK_NAMES),
-                   help="tasks to benchmark (default: all three); speed is measured on the first")
+    p.add_argument("--models", nargs="+", choices=list(TASKS), default=list(TASKS),
+                   help="tasks to benchmark (default: every task, in training.data.TASKS order); speed is measured "
+                        "on the first")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: benchmarks/results)")
     p.add_argument("--quick", action="store_true",
                    help="CI smoke mode: a tiny model trained on synthetic images, few runs, only the smallest peer, "

@@ -168,6 +168,10 @@ def evaluate_task(models: TaskModels, data: Path | None, shared_data: Path, cach
     report = {
         "model": models.name,
         "task": models.task,
+        # From the spec (version 2 on); older specs carry none, and the report then shows the task name alone.
+        "title": spec.title or None,
+        "description": spec.description or None,
+        "populations": list(spec.populations),
         "labels": list(spec.labels),
         "negative_label": spec.negative_label,
         "threshold": float(spec.threshold),

@@ -250,7 +250,12 @@ def write_markdown(results: dict, path: Path) -> Path:
         if "error" in task:
             lines += [f"### {task_name}", "", f"Not evaluated: {task['error']}", ""]
             continue
-        lines += [f"### {task['model']} ({task_name})", "", f"Data: {task['data']}.", "",
+        heading = f"{task_name}: {task['title']}" if task.get("title") else task_name
+        lines += [f"### {task['model']} ({heading})", ""]
+        if task.get("description"):
+            lines += [f"Task: {task['description']}" + (f" Populations: {', '.join(task['populations'])}."
+                                                        if task.get("populations") else ""), ""]
+        lines += [f"Data: {task['data']}.", "",
                   "Screening decision: positive = not NORMAL (score 1 - P(NORMAL)); 'class acc.' is the accuracy "
                   "over all classes with the same decision rule. AUC with bootstrap 95% CI.", ""]
         lines += _table(["model", "threshold", "accuracy", "sensitivity", "specificity", "PPV", "NPV", "F1",

@@ -70,6 +70,7 @@ def export_model(args) -> dict:
     import keras
 
     from edge_runtime.spec import ModelSpec, sha256_file
+    from training.backfill import fill_task_fields
     from training.data import TASKS, load_dataset, load_split
     from training.model import CLASSIFIER_LAYER
     from training.train import predict_probs
@@ -79,7 +80,12 @@ def export_model(args) -> dict:
 
     model_path = args.model
     train_dir = model_path.parent
-    spec = ModelSpec.load(train_dir / "spec.json")
+    # Shipped at this runtime's spec version, with the task's title, description and populations
+    # (filled in from TASKS for runs trained before spec version 2).
+    spec, filled = fill_task_fields(ModelSpec.load(train_dir / "spec.json"))
+    if filled:
+        logger.warning("%s predates spec version %d: %s filled in from training.data.TASKS", train_dir / "spec.json",
+                       spec.spec_version, ", ".join(filled))
     model = keras.saving.load_model(model_path, compile=False)
     task = TASKS[spec.task]
     # Recorded paths are relative to the repository (absolute in older specs; both resolve here).

@@ -6,47 +6,7 @@ import json
 from pathlib import Path
 
 from edge_runtime.spec import ModelSpec
-
-KERMANY_CREDIT = (
-    "Kermany D., Zhang K., Goldbaum M. (2018), \"Labeled Optical Coherence Tomography (OCT) and Chest X-Ray Images "
-    "for Classification\", Mendeley Data v2, doi:10.17632/rscbjbr9sj.2, CC BY 4.0; paper: Kermany et al., Cell "
-    "172(5):1122-1131 (2018).")
-COVID_CREDIT = (
-    "COVID-19 Radiography Database: Chowdhury et al., IEEE Access 8:132665 (2020); Rahman et al., Comput. Biol. "
-    "Med. 132:104319 (2021); adult normals originally from RSNA / NIH ChestX-ray14. Research use; the original "
-    "sources' terms apply.")
-
-ADULT_CREDIT = (
-    "Adult pneumonia / lung opacity and adult normal films: the \"Infection Segmentation Data\" subset of COVID-QU-Ex "
-    "(Tahir et al., Comput. Biol. Med. 139:105002, 2021; Qatar University and University of Dhaka), mostly from RSNA / "
-    "NIH ChestX-ray14; lung masks from the same source. Research use; the original sources' terms apply.")
-
-TASK_TEXT = {
-    "binary": ("NORMAL vs PNEUMONIA on chest X-rays of children (Kermany, Guangzhou) and adults (RSNA / NIH films "
-               "via COVID-QU-Ex and the COVID-19 Radiography Database).", [KERMANY_CREDIT, ADULT_CREDIT, COVID_CREDIT]),
-    "etiology": ("NORMAL / BACTERIAL / VIRAL pneumonia on paediatric chest X-rays; the etiology labels come from the "
-                 "data set's file names.", [KERMANY_CREDIT]),
-    "covid": ("COVID-19 / NORMAL / PNEUMONIA. NORMAL mixes Kermany paediatric normals and adult normals; COVID-19 "
-              "images are adults from other hospitals; PNEUMONIA images are all paediatric.",
-              [KERMANY_CREDIT, COVID_CREDIT]),
-}
-
-LIMITS = {
-    "binary": ["Adults: the adult films come from one hospital system (RSNA / NIH), and many adult PNEUMONIA films are "
-               "portable AP films of inpatients with lines, electrodes and 'PORTABLE' markers while most adult normals "
-               "are PA outpatient films: the model may partly have learnt 'portable film' (the shift check in "
-               "shift.md renders such markers on normal films to measure it).",
-               "COVID-19 films were kept out of training (they all come from other hospitals than the adult normals, and "
-               "would teach 'another hospital means pneumonia'); what the model calls them is reported above as a "
-               "check on unseen hospitals."],
-    "etiology": ["Bacterial and viral pneumonia are hard to tell apart on a radiograph even for radiologists; the "
-                 "file-name labels are the data set's, not laboratory-confirmed per image."],
-    "covid": ["Confounder: every COVID-19 image is an adult from other hospitals, every PNEUMONIA image a child from "
-              "Guangzhou. The model can learn age or hospital instead of disease (DeGrave et al., Nat. Mach. Intell. "
-              "2021). Adult normals were mixed into NORMAL to remove the plainest shortcut (adult means COVID), but "
-              "there is no adult non-COVID pneumonia here: an adult with bacterial pneumonia may well be called "
-              "COVID-19. Do not use it to diagnose COVID-19."],
-}
+from training.data import TASKS
 
 
 def _population_limits(populations: list) -> list[str]:
@@ -139,7 +99,10 @@ def write_model_card(spec: ModelSpec, validation: dict, parity: dict, out_path: 
             (default: the validation report's own).
         shift: Optional ``shift.json`` of ``python -m training shift``.
     """
-    what, credits = TASK_TEXT[spec.task]
+    # Title, description and populations travel in the spec; specs older than version 2 lack them.
+    task = TASKS.get(spec.task)
+    what = spec.description or spec.task
+    populations = list(spec.populations) or spec.training.get("populations") or ["children"]
     scr = validation["screening"]
     thr, half = scr["at_threshold"], scr["at_0.5"]
     training = dict(spec.training)
@@ -148,6 +111,7 @@ def write_model_card(spec: ModelSpec, validation: dict, parity: dict, out_path: 
         "**Not a medical device.** A screening aid for trained staff; every result needs a clinician's review. "
         "It has not been cleared or approved by any regulator.", "",
         "## Model", "",
+        *([f"- Title: {spec.title}"] if spec.title else []),
         f"- Task: {what}",
         f"- Labels (output order): {', '.join(spec.labels)}",
         f"- Input: {spec.input_height}x{spec.input_width} RGB uint8 (0-255), the grey level replicated in R, G, B; "
@@ -160,7 +124,7 @@ def write_model_card(spec: ModelSpec, validation: dict, parity: dict, out_path: 
         f"commit {str(training.get('commit', ''))[:12]}, best epoch {training.get('best_epoch')} of "
         f"{training.get('epochs_run')}, {training.get('fit_seconds')} s on {training.get('machine', '')}.",
         "", "## Data and credit", "",
-        *[f"- {c}" for c in credits],
+        *[f"- {c}" for c in (task.credits if task else ())],
         "", "## Validation (grouped split of the training data)", "",
         f"These are **validation** figures on {validation['n']} images held out from the training data by patient "
         "and by near-duplicate, not test figures: no official test split or outside hospital's films were available "
@@ -197,11 +161,11 @@ def write_model_card(spec: ModelSpec, validation: dict, parity: dict, out_path: 
         "Offline screening support where no radiologist is at hand: flag chest X-rays that deserve a clinician's "
         "attention first. Not for diagnosis, not for excluding disease, not for treatment decisions.", "",
         "## Known limits", "",
-        *_population_limits(training.get("populations") or ["children"]),
+        *_population_limits(populations),
         "- Validation only (see above); no external test set, no prospective study.",
         "- Frontal (PA or AP) chest films only; lateral views, CT slices and other body parts are out of scope (the "
         "runtime's quality gate refuses obvious non-X-rays, not every wrong X-ray).",
-        *[f"- {text}" for text in LIMITS[spec.task]],
+        *[f"- {text}" for text in (task.limits if task else ())],
     ]
     out_path = Path(out_path)
     out_path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -21,6 +21,14 @@ def test_two_class_training_learns_and_writes_its_outputs(tiny_trained):
     spec = json.loads((out / "spec.json").read_text())
     assert 0 < spec["threshold"] < 1 and spec["training"]["seed"] == 0
     assert spec["training"]["command"].startswith("(called from Python")  # not the test runner's argv
+    # The task's own fields travel in the spec; the populations are those the run saw (the synthetic
+    # folder-per-class root mixes none it can name), as in the training record.
+    from edge_runtime.spec import SPEC_VERSION
+    from training.data import TASKS
+
+    assert spec["spec_version"] == SPEC_VERSION
+    assert (spec["title"], spec["description"]) == (TASKS["binary"].title, TASKS["binary"].description)
+    assert spec["populations"] == spec["training"]["populations"]
     report = json.loads((out / "validation.json").read_text())
     assert report["screening"]["at_threshold"]["sensitivity"] >= 0.95
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from edge_runtime.spec import ModelSpec
 
-from .data import TASKS, DataError, check_no_leak, load_dataset, save_split, split_indices
+from .data import TASKS, DataError, Source, Task, check_no_leak, load_dataset, save_split, split_indices
 
 logger = logging.getLogger(__name__)
 
@@ -293,17 +293,10 @@ class _Trainer:
         return raw
 
 
-#: Per task: folders below the data root holding films of a source the task never trains on,
-#: reported as what the model calls them (binary: COVID-19 films from other hospitals, all positive).
-UNSEEN_SOURCES = {"binary": ("covid19/COVID19",)}
-
-
-def unseen_planes(config: TrainConfig, task, spec: ModelSpec) -> dict:
-    """Decoded planes of the task's never-trained-on folders present under the data root."""
-    from .data import Source, Task
-
+def unseen_planes(config: TrainConfig, task: Task, spec: ModelSpec) -> dict:
+    """Decoded planes of the task's never-trained-on folders (``Task.unseen_sources``) under the data root."""
     out = {}
-    for folder in UNSEEN_SOURCES.get(task.name, ()):
+    for folder in task.unseen_sources:
         if (Path(config.data) / folder).is_dir():
             probe = Task(task.name, {label: (Source(folder),) for label in task.labels[:1]}, ".")
             probe_set = load_dataset(config.data, probe, spec, cache_dir=config.cache_dir, progress=False)
@@ -460,6 +453,7 @@ def finish(model, config: TrainConfig, dataset, spec: ModelSpec, sides: dict, ma
     feature_shape = tuple(int(d) for d in model.get_layer(FEATURE_LAYER).output.shape[1:])
     populations = sorted({s.population for s in dataset.samples} - {"unknown"})
     spec = spec.replace(
+        **task.spec_fields(populations),
         threshold=threshold,
         threshold_rule=(f"largest threshold on the screening score (1 - P({spec.negative_label})) with "
                         f"sensitivity >= {config.min_sensitivity:.2f} on the {side}"),
@@ -504,15 +498,22 @@ def finish(model, config: TrainConfig, dataset, spec: ModelSpec, sides: dict, ma
     return summary
 
 
+def _default_data_help() -> str:
+    """Each task's default data root, e.g. ``../shared/data for binary and covid, ...``."""
+    roots: dict[str, list[str]] = {}
+    for task in TASKS.values():
+        roots.setdefault(task.default_data, []).append(task.name)
+    return ", ".join(f"../shared/data{'' if root == '.' else '/' + root} for {' and '.join(names)}"
+                     for root, names in roots.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(prog="python -m training train",
                                 description="Train a chest X-ray classifier from scratch on a folder-per-class data set.")
     p.add_argument("--task", choices=sorted(TASKS), default=d.task,
-                   help="binary: NORMAL/PNEUMONIA; etiology: NORMAL/BACTERIAL/VIRAL; covid: COVID19/NORMAL/PNEUMONIA")
-    p.add_argument("--data", type=Path, default=None,
-                   help="data root (default: ../shared/data for binary and covid, "
-                        "../shared/data/chest_xray/train for etiology)")
+                   help="; ".join(f"{task.name}: {'/'.join(task.labels)}" for task in TASKS.values()))
+    p.add_argument("--data", type=Path, default=None, help=f"data root (default: {_default_data_help()})")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: android_assets/training/cxr_<task>_<size>)")
     p.add_argument("--input-size", type=int, default=d.input_size, help="square input size in pixels")
