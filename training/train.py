@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.classifier import screening_score
 from edge_runtime.spec import ModelSpec
 
 from .data import TASKS, DataError, Source, Task, check_no_leak, load_dataset, save_split, split_indices
@@ -158,10 +159,8 @@ def screening_auc_by_population(dataset, indices: np.ndarray, probs: np.ndarray,
     """Screening ROC AUC of each population (and ``all``) that has both classes."""
     from sklearn.metrics import roc_auc_score
 
-    from .metrics import positive_score
-
     positive = (dataset.labels[indices] != neg).astype(int)
-    score = positive_score(probs, neg)
+    score = screening_score(probs, neg)
     pops = np.array([dataset.samples[i].population for i in indices])
     out = {}
     for pop in sorted(set(pops.tolist())) + ["all"]:
