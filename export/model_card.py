@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 
+from edge_runtime.errors import CxrError
 from edge_runtime.spec import ModelSpec
 from training.data import TASKS
 
@@ -101,7 +104,7 @@ def write_model_card(spec: ModelSpec, validation: dict, parity: dict, out_path: 
     """
     # Title, description and populations travel in the spec; specs older than version 2 lack them.
     task = TASKS.get(spec.task)
-    what = spec.description or spec.task
+    what = spec.description or spec.training.get("data_description") or spec.task
     populations = list(spec.populations) or spec.training.get("populations") or ["children"]
     scr = validation["screening"]
     thr, half = scr["at_threshold"], scr["at_0.5"]
@@ -178,12 +181,39 @@ def load_by_source(train_dir: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")).get("by_source") if path.exists() else None
 
 
+def write_model_card_for_run(spec: ModelSpec, train_dir: Path, parity: dict, out_path: Path) -> Path | None:
+    """Render a card from a training run's records: ``validation.json``, and ``validation_by_source.json`` and
+    ``shift.json`` when present. Returns None when the run has no ``validation.json``."""
+    train_dir = Path(train_dir)
+    validation_path = train_dir / "validation.json"
+    if not validation_path.exists():
+        return None
+    shift_path = train_dir / "shift.json"
+    shift = json.loads(shift_path.read_text(encoding="utf-8")) if shift_path.exists() else None
+    return write_model_card(spec, json.loads(validation_path.read_text(encoding="utf-8")), parity, out_path,
+                            load_by_source(train_dir), shift)
+
+
 def write_model_card_files(spec_path: Path, train_dir: Path, parity_path: Path, out_path: Path) -> Path:
-    """Re-render a card from files on disk (after a shift check or a by-source evaluation, for instance)."""
-    shift_path = Path(train_dir) / "shift.json"
-    return write_model_card(ModelSpec.load(spec_path), json.loads((Path(train_dir) / "validation.json").read_text()),
-                            json.loads(Path(parity_path).read_text()), out_path, load_by_source(train_dir),
-                            json.loads(shift_path.read_text()) if shift_path.exists() else None)
+    """Re-render a card from files on disk (after a shift check or a by-source evaluation, for instance).
+
+    Raises:
+        FileNotFoundError: the spec, the parity report or the run's ``validation.json`` is missing.
+    """
+    card = write_model_card_for_run(ModelSpec.load(spec_path), train_dir,
+                                    json.loads(Path(parity_path).read_text(encoding="utf-8")), out_path)
+    if card is None:
+        raise FileNotFoundError(f"{Path(train_dir) / 'validation.json'} not found: a card needs the validation report")
+    return card
+
+
+def write_shipped_card(assets: Path, model: str) -> Path:
+    """Re-render ``MODEL_CARD_<name>.md`` of a shipped model from ``assets`` (its spec, parity report and
+    ``training/<name>/`` records); ``model`` is the model name or its training folder."""
+    name = Path(model).name
+    assets = Path(assets)
+    return write_model_card_files(assets / f"{name}.spec.json", assets / "training" / name,
+                                  assets / f"{name}_parity.json", assets / f"MODEL_CARD_{name}.md")
 
 
 def results_rows(assets: Path) -> list[str]:
@@ -217,13 +247,26 @@ def results_rows(assets: Path) -> list[str]:
 
 
 def main(argv=None) -> int:
-    """``python -m export.model_card [--assets DIR]``: print the README results table."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m export.model_card",
-                                     description="Print the README's results table from the shipped files.")
-    parser.add_argument("--assets", type=Path, default=Path(__file__).resolve().parent.parent / "android_assets")
+    """``python -m export.model_card [--assets DIR] [--write NAME ...]``: the README results table, or cards."""
+    parser = argparse.ArgumentParser(
+        prog="python -m export.model_card",
+        description="Print the README's results table from the shipped files, or (--write) re-render shipped "
+                    "models' cards from their spec, parity report and training records (after a shift check or a "
+                    "by-source evaluation, for instance).")
+    parser.add_argument("--assets", type=Path, default=Path(__file__).resolve().parent.parent / "android_assets",
+                        help="folder of the shipped models (default: android_assets)")
+    parser.add_argument("--write", nargs="+", metavar="MODEL", default=None,
+                        help="re-render MODEL_CARD_<name>.md in --assets for these models (a name such as "
+                             "cxr_binary_160, or its training folder)")
     args = parser.parse_args(argv)
+    if args.write:
+        try:
+            for model in args.write:
+                print(write_shipped_card(args.assets, model))
+        except (FileNotFoundError, CxrError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
     print("\n".join(results_rows(args.assets)))
     return 0
 

@@ -78,9 +78,28 @@ def test_model_card_reads_title_description_and_populations_from_the_spec(tmp_pa
 
 
 @needs_binary_assets
-def test_model_card_of_an_older_spec_falls_back_to_the_task_name(tmp_path):
-    spec = ModelSpec.load(ASSETS / "cxr_binary_160.spec.json").replace(title="", description="", populations=())
+def test_model_card_of_an_older_spec_falls_back_to_the_training_record_then_the_task_name(tmp_path):
+    spec = ModelSpec.load(ASSETS / "cxr_binary_160.spec.json").replace(
+        title="", description="", populations=(), training={"data_description": "Recorded description"})
     card = _card(spec, tmp_path)
-    assert "- Title:" not in card and "- Task: binary" in card
-    unknown = _card(spec.replace(task="fourth"), tmp_path)  # a task this checkout does not define
+    assert "- Title:" not in card and "- Task: Recorded description" in card
+    unknown = _card(spec.replace(task="fourth", training={}), tmp_path)  # a task this checkout does not define
     assert "- Task: fourth" in unknown
+
+
+def test_model_card_cli_re_renders_a_shipped_card(tmp_path):
+    import shutil
+
+    from export.model_card import main
+
+    name = "cxr_binary_160"
+    if not (ASSETS / f"{name}_parity.json").is_file():
+        pytest.skip("shipped binary model records not found")
+    (tmp_path / "training" / name).mkdir(parents=True)
+    for path in (ASSETS / f"{name}.spec.json", ASSETS / f"{name}_parity.json"):
+        shutil.copy(path, tmp_path)
+    for path in (ASSETS / "training" / name).glob("*.json"):
+        shutil.copy(path, tmp_path / "training" / name)
+    assert main(["--assets", str(tmp_path), "--write", str(tmp_path / "training" / name)]) == 0
+    assert (tmp_path / f"MODEL_CARD_{name}.md").read_text(encoding="utf-8").startswith(f"# Model card: {name}")
+    assert main(["--assets", str(tmp_path), "--write", "cxr_none_160"]) == 2
