@@ -151,18 +151,6 @@ def load_backend() -> _Backend:
     )
 
 
-def check_writer() -> str:
-    """Fail unless this interpreter can write TFLite metadata (used as a probe by other venvs).
-
-    Returns:
-        The writer library and version, e.g. ``"tflite-support 0.4.4"``.
-
-    Raises:
-        MetadataToolsUnavailableError: no metadata library imports here.
-    """
-    return load_backend().name
-
-
 def _read_model(tflite_path: Path) -> bytearray:
     try:
         buffer = bytearray(tflite_path.read_bytes())
