@@ -134,7 +134,7 @@ def pick_e2e_images(workdir: Path) -> tuple[dict, dict]:
     """
     from PIL import Image
 
-    from .quick import write_jpeg
+    from .synthetic import write_jpeg
 
     images, notes = {}, {}
     fullres = sorted(p for p in (SHARED_DATA / "fullres_sample").rglob("*.jp*g")) if (
