@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def attach_metadata(model_path: Path, spec_path: Path, labels_path: Path, python: str | None) -> None:
     """Embed Android metadata in place, in this interpreter or the metadata one (its own venv)."""
-    from .metadata import write_metadata_external
+    from .metadata_bridge import write_metadata_external
 
     write_metadata_external(model_path, model_path, spec_path, labels_path, python=python)
     logger.info("embedded TFLite metadata in %s", model_path.name)
