@@ -10,6 +10,10 @@ import numpy as np
 from edge_runtime.classifier import screening_score
 from edge_runtime.spec import ModelSpec
 
+from .train import predict_probs
+
+# Keras (.model) and scikit-learn (.metrics) load inside the functions that use them.
+
 
 def _fmt(value) -> str:
     return "n/a" if value is None or value != value else f"{value:.3f}"
@@ -190,7 +194,6 @@ def write_validation_reports(model, dataset, spec: ModelSpec, out_dir: Path, sid
             what the model called them.
     """
     from .metrics import by_source, evaluate_predictions
-    from .train import predict_probs
 
     results = {}
     unseen_calls = {}
