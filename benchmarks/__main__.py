@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.errors import CxrError
-from training.data import TASKS, default_cache_dir
+from training.data import INPUT_SIZE, TASKS, default_cache_dir
 from training.train import portable_path
 
 from .accuracy import VARIANTS, evaluate_task, locate
@@ -441,7 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "about a minute; never use its numbers")
     p.add_argument("--assets", type=Path, default=DEFAULT_ASSETS,
                    help="folder holding the exported models and training/ (default: android_assets)")
-    p.add_argument("--input-size", type=int, default=160, help="model input size in the file names (default 160)")
+    p.add_argument("--input-size", type=int, default=INPUT_SIZE,
+                   help="model input size in the file names (default %(default)s)")
     p.add_argument("--threads", type=int, nargs="+", default=None, help="thread counts for model-only latency "
                    "(default: 1 2 4)")
     p.add_argument("--runs", type=int, default=None, help="timed rounds of our model's session (default 300)")

@@ -43,6 +43,15 @@ def test_model_is_small_and_ends_in_gap_dense():
     assert model.inputs[0].dtype == "uint8"
 
 
+def test_default_input_size_is_the_shipped_models_one():
+    from training.data import INPUT_SIZE
+    from training.model import build_model
+    from training.train import TrainConfig
+
+    assert INPUT_SIZE == TrainConfig().input_size == 160
+    assert tuple(build_model(2).inputs[0].shape[1:3]) == (INPUT_SIZE, INPUT_SIZE)
+
+
 def test_gradcam_range_shape_and_focus(tiny_trained):
     import keras
 

@@ -20,7 +20,13 @@ from edge_runtime.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
 
+# To be replaced by the runtime's one definition once edge_runtime has it (issue 12): today
+# edge_runtime/cli.py keeps its own list, which also reads ".dicom".
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".webp")
+
+#: Side of the square model input of every shipped model: the default of training, of
+#: ``training.model.build_model`` and of the benchmarks' file names.
+INPUT_SIZE = 160
 
 
 class DataError(CxrError):

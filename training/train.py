@@ -21,8 +21,8 @@ from edge_runtime.classifier import screening_score
 from edge_runtime.spec import ModelSpec
 
 from .augment import augment_batch
-from .data import (TASKS, DataError, Source, Task, check_no_leak, load_dataset, load_masks, load_split_sides,
-                   save_split, split_halves, split_indices)
+from .data import (INPUT_SIZE, TASKS, DataError, Source, Task, check_no_leak, load_dataset, load_masks,
+                   load_split_sides, save_split, split_halves, split_indices)
 
 # TensorFlow/Keras (through .model), scikit-learn (.metrics) and matplotlib (.report) load inside the
 # functions that need them, so that --help and the helpers export and the benchmarks use stay light.
@@ -40,7 +40,7 @@ class TrainConfig:
     task: str = "binary"
     data: str = ""
     out: str = ""
-    input_size: int = 160
+    input_size: int = INPUT_SIZE
     width: float = 1.0
     epochs: int = 24
     batch_size: int = 32
