@@ -21,13 +21,28 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.errors import CxrError
+from training.data import INPUT_SIZE, TASKS, default_cache_dir
+from training.train import portable_path
+
+from .accuracy import VARIANTS, evaluate_task, locate
+from .edge_process import OVERLAY_SIDE
+from .heatmaps import plot_examples
+from .memory import measure_coldstart, measure_hostile_inputs
+from .peers import PEERS, REFERENCE, SMALLEST, prepare_ours_float32, prepare_peer
+from .projection import project
+from .quick import QUICK_SIZE, build_quick_assets
+from .synthetic import write_jpeg
+from .report import plot_confusions, plot_latency, plot_rocs, plot_sizes, write_markdown
+from .speed import run_in_subprocess
+from .timing import speedup
+
 logger = logging.getLogger("benchmarks")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ASSETS = REPO_ROOT / "android_assets"
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
 SHARED_DATA = Path(os.environ.get("CXR_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
-TASK_NAMES = ("binary", "etiology", "covid")
 
 #: Run counts per mode; any of them can be overridden on the command line.
 FULL = dict(runs=300, tflite_runs=3000, warmup=20, peer_runs=40, peer_warmup=3, e2e_runs=100, e2e_warmup=10, coldstart_runs=5,
@@ -133,8 +148,6 @@ def pick_e2e_images(workdir: Path) -> tuple[dict, dict]:
     """
     from PIL import Image
 
-    from .quick import write_jpeg
-
     images, notes = {}, {}
     fullres = sorted(p for p in (SHARED_DATA / "fullres_sample").rglob("*.jp*g")) if (
         SHARED_DATA / "fullres_sample").is_dir() else []
@@ -175,8 +188,6 @@ def _write_samples(out: Path, samples: dict) -> None:
 
 
 def _ratios(session: dict, pairs: list[tuple[str, str]]) -> list[dict]:
-    from .timing import speedup
-
     return [speedup(session, slower, faster) for slower, faster in pairs if slower in session and faster in session]
 
 
@@ -265,9 +276,6 @@ def compute_targets(results: dict) -> list[dict]:
 
 def section_accuracy(args, settings, assets, results) -> dict:
     """Sections 1 and 2 for every requested task; returns task -> plot data."""
-    from edge_runtime.errors import CxrError
-
-    from .accuracy import evaluate_task, locate
 
     plot_data = {}
     for task in args.models:
@@ -291,9 +299,6 @@ def section_accuracy(args, settings, assets, results) -> dict:
 
 
 def plot_accuracy_figures(results, plot_data, out: Path) -> None:
-    from .heatmaps import plot_examples
-    from .report import plot_confusions, plot_rocs
-
     if plot_data:
         plot_rocs({task: p["roc"] for task, p in plot_data.items()}, out / "roc.png")
         results["plots"]["roc"] = "roc.png"
@@ -326,8 +331,6 @@ def plot_accuracy_figures(results, plot_data, out: Path) -> None:
 
 
 def section_sizes(args, assets, speed_models, peers_info) -> list[dict]:
-    from .accuracy import VARIANTS, locate
-
     sizes = []
     for task in args.models:
         try:
@@ -429,15 +432,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=None,
                    help="labelled folder to evaluate on, all of it (Kermany layout: one subfolder per class, e.g. "
                         ".../chest_xray/test); default: each model's own validation split of ../shared/data")
-    p.add_argument("--models", nargs="+", choices=TASK_NAMES, default=list(TASK_NAMES),
-                   help="tasks to benchmark (default: all three); speed is measured on the first")
+    p.add_argument("--models", nargs="+", choices=list(TASKS), default=list(TASKS),
+                   help="tasks to benchmark (default: every task, in training.data.TASKS order); speed is measured "
+                        "on the first")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: benchmarks/results)")
     p.add_argument("--quick", action="store_true",
                    help="CI smoke mode: a tiny model trained on synthetic images, few runs, only the smallest peer, "
                         "about a minute; never use its numbers")
     p.add_argument("--assets", type=Path, default=DEFAULT_ASSETS,
                    help="folder holding the exported models and training/ (default: android_assets)")
-    p.add_argument("--input-size", type=int, default=160, help="model input size in the file names (default 160)")
+    p.add_argument("--input-size", type=int, default=INPUT_SIZE,
+                   help="model input size in the file names (default %(default)s)")
     p.add_argument("--threads", type=int, nargs="+", default=None, help="thread counts for model-only latency "
                    "(default: 1 2 4)")
     p.add_argument("--runs", type=int, default=None, help="timed rounds of our model's session (default 300)")
@@ -460,174 +465,208 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(args, argv: list[str]) -> dict:
-    """Run every section and write the report; returns the results dict (as written to report.json)."""
-    started = time.perf_counter()
+def resolve_settings(args) -> dict:
+    """Run counts of the mode (full or quick) with the command line's overrides, and the thread counts."""
     mode = QUICK if args.quick else FULL
     settings = {k: (getattr(args, k) if getattr(args, k, None) is not None else v) for k, v in mode.items()}
     cores = os.cpu_count() or 1
     settings.update(quick=bool(args.quick), peer_warmup=mode["peer_warmup"], e2e_warmup=mode["e2e_warmup"],
                     e2e_threads=sorted({1, cores}) if not args.quick else [1], accuracy_threads=cores)
+    return settings
+
+
+def prepare_assets(args, workdir: Path, results: dict) -> Path:
+    """The models folder to benchmark (quick mode: a tiny model trained and exported into ``workdir``);
+    fills in the report's title and data note."""
+    assets = args.assets
+    if args.quick:
+        logger.info("quick mode: training and exporting a tiny model on synthetic images")
+        assets, synthetic = build_quick_assets(workdir)
+        args.input_size = QUICK_SIZE
+        args.models = ["binary"]
+        results["data_note"] = (f"synthetic images ({synthetic}); validation side of the tiny model's split"
+                                if args.data is None else f"every image of {args.data}")
+    else:
+        # Paths relative to the repository: the report names no machine.
+        results["data_note"] = (f"every image of {portable_path(args.data)} (all of it, per task; see each "
+                                "task's line)" if args.data else "each model's own validation split (split.json "
+                                f"in its training folder) over {portable_path(SHARED_DATA)}, grouped by patient "
+                                "and near-duplicate")
+    results["title"] = ("QUICK smoke run (tiny synthetic model)" if args.quick else
+                        f"cxr_<task>_{args.input_size} models in {portable_path(assets)}")
+    return assets
+
+
+def prepare_speed_candidates(args, assets: Path, cache_dir: Path, results: dict):
+    """Our model (first task that loaded) and the peers to time.
+
+    Returns:
+        (our TaskModels or None when no task loaded, {task, name, f32} of ours, the peers' info).
+    """
+    speed_task = next((t for t in args.models if "error" not in results["tasks"].get(t, {"error": 1})), None)
+    if speed_task is None:
+        results["notes"].append("speed, memory and size sections skipped: no task could be loaded")
+        return None, {}, []
+    models = locate(speed_task, assets, args.input_size)
+    import keras  # only now: loading TensorFlow costs seconds and gigabytes
+
+    results["ours_params"] = int(keras.saving.load_model(models.keras_path, compile=False).count_params())
+    f32 = prepare_ours_float32(models.keras_path, cache_dir / "benchmarks")
+    speed_models = {"task": speed_task, "name": models.name, "f32": str(f32)}
+    peers_info = []
+    if not args.no_peers:
+        names = [SMALLEST] if args.quick else list(PEERS)
+        for name in names:
+            logger.info("preparing peer %s (cached after the first run)", name)
+            peers_info.append(prepare_peer(name, cache_dir / "benchmarks"))
+        if not args.quick:
+            peers_info.append(prepare_peer(REFERENCE.name, cache_dir / "benchmarks", int8=False))
+    results["peers"] = [p for p in peers_info if not p.get("reference_only")]
+    return models, speed_models, peers_info
+
+
+def section_speed(args, settings, models, speed_models: dict, peers_info: list, results: dict, out: Path) -> dict:
+    """Section 3: model-only latency, one process per thread count; returns the raw samples (ms) by run."""
+    tflite = {"tflite_f32": speed_models["f32"]}
+    tflite.update({f"tflite_{k}": str(v) for k, v in models.files.items()})
+    speed = {"model": models.name, "input_size": args.input_size, "by_threads": {}, "ratios": {},
+             "note": "the other tasks' models share this backbone and differ only in the final dense layer"}
+    samples = {}
+    for threads in settings["threads"]:
+        config = {"threads": threads, "seed": args.seed, "progress": not args.no_progress,
+                  "runs": settings["runs"], "tflite_runs": settings["tflite_runs"],
+                  "warmup": settings["warmup"], "peer_runs": settings["peer_runs"],
+                  "peer_warmup": settings["peer_warmup"],
+                  "ours": {"keras": str(models.keras_path), "spec": str(models.spec_path),
+                           "input_size": args.input_size, "tflite": tflite},
+                  "peers": peers_info}
+        logger.info("model-only latency at %d thread(s)", threads)
+        res = run_in_subprocess("benchmarks.speed", [], config)
+        for session, cands in res["sessions"].items():
+            for name, stats in cands.items():
+                samples[f"{threads} threads | {session} | {name}"] = stats.pop("samples_ms")
+        key = str(threads)
+        speed["by_threads"][key] = res
+        speed["ratios"][key] = _speed_ratios(res, results.get("peers") or [])
+    results["speed"] = speed
+    _write_samples(out, samples)
+    return samples
+
+
+def _speed_ratios(res: dict, peers: list) -> dict:
+    """The speed-ups of one thread count's sessions: ours against Keras and float, and against each peer."""
+    ours = res["sessions"]["ours"]
+    ratios = {"ours": _ratios(ours, [
+        ("keras_predict", "tflite_int8"), ("keras_call", "tflite_int8"), ("tflite_f32", "tflite_int8"),
+        ("tflite_fp16", "tflite_int8"), ("keras_call", "tflite_fp16"),
+        ("tflite_int8", "tflite_int8_cam")])}
+    ratios["tflite"] = _ratios(res["sessions"]["tflite"], [
+        ("tflite_f32", "tflite_int8"), ("tflite_fp16", "tflite_int8"), ("tflite_fp16_cam", "tflite_int8_cam"),
+        ("tflite_int8", "tflite_int8_cam")])
+    if "peers" in res["sessions"]:
+        pairs = [(f"{p['name']}:{v}", f"ours:{v}") for p in peers
+                 for v in ("tflite_int8", "tflite_f32", "keras_call", "keras_predict")]
+        ratios["peers"] = _ratios(res["sessions"]["peers"], pairs)
+    return ratios
+
+
+def section_endtoend(args, settings, models, workdir: Path, results: dict, out: Path, samples: dict) -> None:
+    """Section 3b (end-to-end latency in a TensorFlow-free process) and section 4 (cold start, peak memory)."""
+    images, image_notes = pick_e2e_images(workdir)
+    gate = importlib.util.find_spec("edge_runtime.quality") is not None
+    e2e_models = {k: str(models.files[k]) for k in ("int8_cam", "fp16_cam") if k in models.files}
+    if not e2e_models:
+        return
+    logger.info("end-to-end latency")
+    e2e = run_in_subprocess("benchmarks.edge_process", ["endtoend"], {
+        "models": e2e_models, "images": images, "threads": settings["e2e_threads"],
+        "runs": settings["e2e_runs"], "warmup": settings["e2e_warmup"], "quality_gate": gate,
+        "seed": args.seed, "progress": not args.no_progress})
+    for t, cands in e2e["by_threads"].items():
+        for name, stats in cands.items():
+            samples[f"e2e {t} threads | {name}"] = stats.pop("samples_ms")
+    e2e.update(image_notes=image_notes, overlay_side=OVERLAY_SIDE,
+               tensorflow_imported=e2e["heavy_modules"]["tensorflow"])
+    if not gate:
+        e2e["notes"].append("edge_runtime.quality (the quality gate) was not installed: not timed")
+    results["endtoend"] = e2e
+    _write_samples(out, samples)
+
+    model = e2e_models.get("int8_cam") or next(iter(e2e_models.values()))
+    logger.info("cold start and peak RSS in %d fresh process(es)", settings["coldstart_runs"])
+    results["coldstart"] = measure_coldstart(model, images["fullres typical"], settings["coldstart_runs"], 1, gate,
+                                             not args.no_progress)
+    logger.info("peak RSS of a fresh process on each of issue 10's hostile inputs")
+    results["hostile_inputs"] = measure_hostile_inputs(model, gate)
+
+
+def section_projection(args, results: dict, peers_info: list) -> None:
+    """Section 7: the Raspberry Pi projection from the reference network timed in the all-core peers session."""
+    cores = os.cpu_count() or 1
+    speed = results["speed"]
+    reference = next((p for p in peers_info if p.get("reference_only")), None)
+    if reference is None or str(cores) not in speed["by_threads"]:
+        results["projection_note"] = ("Not computed: needs the peers (MobileNet v2 reference) timed at this "
+                                      f"machine's all-core thread count ({cores}); "
+                                      + ("quick mode skips it." if args.quick else "run without --no-peers "
+                                         f"and include {cores} in --threads."))
+        return
+    session = speed["by_threads"][str(cores)]["sessions"]
+    # Reference and our files from the same interleaved session, so they share its conditions.
+    ref_ms = session["peers"][f"{reference['name']}:tflite_f32"]["median_ms"]
+    ours_ms = {f"model-only {k}": session["peers"][f"ours:{k}"]["median_ms"]
+               for k in ("tflite_int8", "tflite_fp16", "tflite_int8_cam") if f"ours:{k}" in session["peers"]}
+    e2e_t = _get(results, "endtoend", "by_threads", str(cores)) or {}
+    for k in ("int8_cam, fullres typical", "int8_cam, kermany 224"):
+        if k in e2e_t:
+            ours_ms[f"end-to-end {k}"] = e2e_t[k]["median_ms"]
+    results["projection"] = project(ref_ms, ours_ms, cores)
+
+
+def plot_summary_figures(results: dict, out: Path) -> None:
+    """The size and latency figures."""
+    if results["sizes"]:
+        plot_sizes(results["sizes"], out / "sizes.png")
+        results["plots"]["sizes"] = "sizes.png"
+    if results.get("speed"):
+        plot_latency(results["speed"], out / "latency.png")
+        results["plots"]["latency"] = "latency.png"
+
+
+def write_reports(results: dict, failures: list, started: float, out: Path) -> dict:
+    """Targets and timing into ``results``, then report.json and report.md; returns the JSON-ready results."""
+    results["environment"]["loadavg_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    results["targets"] = compute_targets(results)
+    results["wall_seconds"] = time.perf_counter() - started
+    results["failed"] = failures
+    clean = sanitize(results)
+    (out / "report.json").write_text(json.dumps(clean, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    write_markdown(clean, out / "report.md")
+    return clean
+
+
+def run(args, argv: list[str]) -> dict:
+    """Run every section and write the report; returns the results dict (as written to report.json)."""
+    started = time.perf_counter()
+    settings = resolve_settings(args)
     out = args.out or DEFAULT_OUT
     out.mkdir(parents=True, exist_ok=True)
-    from training.data import default_cache_dir
-    from training.train import portable_path
-
     cache_dir = args.cache_dir or default_cache_dir()
     workdir = Path(tempfile.mkdtemp(prefix="cxr-bench-work-"))
     results = {"title": "", "environment": environment(argv), "settings": settings, "tasks": {}, "plots": {},
                "notes": [], "sizes": [], "data_note": "n/a"}
     failures = []
     try:
-        assets = args.assets
-        if args.quick:
-            from .quick import QUICK_SIZE, build_quick_assets
-
-            logger.info("quick mode: training and exporting a tiny model on synthetic images")
-            assets, synthetic = build_quick_assets(workdir)
-            args.input_size = QUICK_SIZE
-            args.models = ["binary"]
-            results["data_note"] = (f"synthetic images ({synthetic}); validation side of the tiny model's split"
-                                    if args.data is None else f"every image of {args.data}")
-        else:
-            # Paths relative to the repository: the report names no machine.
-            results["data_note"] = (f"every image of {portable_path(args.data)} (all of it, per task; see each "
-                                    "task's line)" if args.data else "each model's own validation split (split.json "
-                                    f"in its training folder) over {portable_path(SHARED_DATA)}, grouped by patient "
-                                    "and near-duplicate")
-        results["title"] = ("QUICK smoke run (tiny synthetic model)" if args.quick else
-                            f"cxr_<task>_{args.input_size} models in {portable_path(assets)}")
-
-        # 1 + 2: accuracy and heatmap parity
-        plot_data = section_accuracy(args, settings, assets, results)
+        assets = prepare_assets(args, workdir, results)
+        plot_data = section_accuracy(args, settings, assets, results)  # sections 1 and 2
         plot_accuracy_figures(results, plot_data, out)
-
-        # speed candidates
-        from .accuracy import locate
-        from .peers import PEERS, REFERENCE, SMALLEST, prepare_ours_float32, prepare_peer
-
-        speed_task = next((t for t in args.models if "error" not in results["tasks"].get(t, {"error": 1})), None)
-        speed_models, peers_info = {}, []
-        if speed_task is None:
-            results["notes"].append("speed, memory and size sections skipped: no task could be loaded")
-        else:
-            models = locate(speed_task, assets, args.input_size)
-            import keras
-
-            results["ours_params"] = int(keras.saving.load_model(models.keras_path, compile=False).count_params())
-            f32 = prepare_ours_float32(models.keras_path, cache_dir / "benchmarks")
-            speed_models = {"task": speed_task, "name": models.name, "f32": str(f32)}
-            if not args.no_peers:
-                names = [SMALLEST] if args.quick else list(PEERS)
-                for name in names:
-                    logger.info("preparing peer %s (cached after the first run)", name)
-                    peers_info.append(prepare_peer(name, cache_dir / "benchmarks"))
-                if not args.quick:
-                    peers_info.append(prepare_peer(REFERENCE.name, cache_dir / "benchmarks", int8=False))
-            results["peers"] = [p for p in peers_info if not p.get("reference_only")]
-
-            # 3: model-only latency, one process per thread count
-            from .speed import run_in_subprocess
-
-            tflite = {"tflite_f32": str(f32)}
-            tflite.update({f"tflite_{k}": str(v) for k, v in models.files.items()})
-            speed = {"model": models.name, "input_size": args.input_size, "by_threads": {}, "ratios": {},
-                     "note": "the other tasks' models share this backbone and differ only in the final dense layer"}
-            samples = {}
-            for threads in settings["threads"]:
-                config = {"threads": threads, "seed": args.seed, "progress": not args.no_progress,
-                          "runs": settings["runs"], "tflite_runs": settings["tflite_runs"],
-                          "warmup": settings["warmup"], "peer_runs": settings["peer_runs"],
-                          "peer_warmup": settings["peer_warmup"],
-                          "ours": {"keras": str(models.keras_path), "spec": str(models.spec_path),
-                                   "input_size": args.input_size, "tflite": tflite},
-                          "peers": peers_info}
-                logger.info("model-only latency at %d thread(s)", threads)
-                res = run_in_subprocess("benchmarks.speed", [], config)
-                for session, cands in res["sessions"].items():
-                    for name, stats in cands.items():
-                        samples[f"{threads} threads | {session} | {name}"] = stats.pop("samples_ms")
-                key = str(threads)
-                speed["by_threads"][key] = res
-                ours = res["sessions"]["ours"]
-                speed["ratios"][key] = {"ours": _ratios(ours, [
-                    ("keras_predict", "tflite_int8"), ("keras_call", "tflite_int8"), ("tflite_f32", "tflite_int8"),
-                    ("tflite_fp16", "tflite_int8"), ("keras_call", "tflite_fp16"),
-                    ("tflite_int8", "tflite_int8_cam")])}
-                speed["ratios"][key]["tflite"] = _ratios(res["sessions"]["tflite"], [
-                    ("tflite_f32", "tflite_int8"), ("tflite_fp16", "tflite_int8"), ("tflite_fp16_cam", "tflite_int8_cam"),
-                    ("tflite_int8", "tflite_int8_cam")])
-                if "peers" in res["sessions"]:
-                    pairs = [(f"{p['name']}:{v}", f"ours:{v}") for p in results["peers"]
-                             for v in ("tflite_int8", "tflite_f32", "keras_call", "keras_predict")]
-                    speed["ratios"][key]["peers"] = _ratios(res["sessions"]["peers"], pairs)
-            results["speed"] = speed
-            _write_samples(out, samples)
-
-            # 3b: end-to-end, TensorFlow-free process
-            images, image_notes = pick_e2e_images(workdir)
-            gate = importlib.util.find_spec("edge_runtime.quality") is not None
-            e2e_models = {k: str(models.files[k]) for k in ("int8_cam", "fp16_cam") if k in models.files}
-            if e2e_models:
-                logger.info("end-to-end latency")
-                from .edge_process import OVERLAY_SIDE
-
-                e2e = run_in_subprocess("benchmarks.edge_process", ["endtoend"], {
-                    "models": e2e_models, "images": images, "threads": settings["e2e_threads"],
-                    "runs": settings["e2e_runs"], "warmup": settings["e2e_warmup"], "quality_gate": gate,
-                    "seed": args.seed, "progress": not args.no_progress})
-                for t, cands in e2e["by_threads"].items():
-                    for name, stats in cands.items():
-                        samples[f"e2e {t} threads | {name}"] = stats.pop("samples_ms")
-                e2e.update(image_notes=image_notes, overlay_side=OVERLAY_SIDE,
-                           tensorflow_imported=e2e["heavy_modules"]["tensorflow"])
-                if not gate:
-                    e2e["notes"].append("edge_runtime.quality (the quality gate) was not installed: not timed")
-                results["endtoend"] = e2e
-                _write_samples(out, samples)
-
-                # 4: cold start and peak memory
-                from .memory import measure_coldstart
-
-                logger.info("cold start and peak RSS in %d fresh process(es)", settings["coldstart_runs"])
-                results["coldstart"] = measure_coldstart(e2e_models.get("int8_cam") or next(iter(e2e_models.values())),
-                                                         images["fullres typical"], settings["coldstart_runs"], 1, gate,
-                                                         not args.no_progress)
-                from .memory import measure_hostile_inputs
-
-                logger.info("peak RSS of a fresh process on each of issue 10's hostile inputs")
-                results["hostile_inputs"] = measure_hostile_inputs(
-                    e2e_models.get("int8_cam") or next(iter(e2e_models.values())), gate)
-
-            # 7: projection
-            reference = next((p for p in peers_info if p.get("reference_only")), None)
-            if reference is not None and str(cores) in speed["by_threads"]:
-                from .projection import project
-
-                session = speed["by_threads"][str(cores)]["sessions"]
-                # Reference and our files from the same interleaved session, so they share its conditions.
-                ref_ms = session["peers"][f"{reference['name']}:tflite_f32"]["median_ms"]
-                ours_ms = {f"model-only {k}": session["peers"][f"ours:{k}"]["median_ms"]
-                           for k in ("tflite_int8", "tflite_fp16", "tflite_int8_cam") if f"ours:{k}" in session["peers"]}
-                e2e_t = _get(results, "endtoend", "by_threads", str(cores)) or {}
-                for k in ("int8_cam, fullres typical", "int8_cam, kermany 224"):
-                    if k in e2e_t:
-                        ours_ms[f"end-to-end {k}"] = e2e_t[k]["median_ms"]
-                results["projection"] = project(ref_ms, ours_ms, cores)
-            else:
-                results["projection_note"] = ("Not computed: needs the peers (MobileNet v2 reference) timed at this "
-                                              f"machine's all-core thread count ({cores}); "
-                                              + ("quick mode skips it." if args.quick else "run without --no-peers "
-                                                 f"and include {cores} in --threads."))
+        models, speed_models, peers_info = prepare_speed_candidates(args, assets, cache_dir, results)
+        if models is not None:
+            samples = section_speed(args, settings, models, speed_models, peers_info, results, out)
+            section_endtoend(args, settings, models, workdir, results, out, samples)
+            section_projection(args, results, peers_info)
         results["sizes"] = section_sizes(args, assets, speed_models, peers_info)
-        from .report import plot_latency, plot_sizes
-
-        if results["sizes"]:
-            plot_sizes(results["sizes"], out / "sizes.png")
-            results["plots"]["sizes"] = "sizes.png"
-        if results.get("speed"):
-            plot_latency(results["speed"], out / "latency.png")
-            results["plots"]["latency"] = "latency.png"
+        plot_summary_figures(results, out)
         results["others"] = section_others(args, assets, out, args.quick)
     except Exception as err:  # noqa: BLE001 - keep what was measured, say what failed, exit non-zero
         logger.exception("benchmark failed")
@@ -635,16 +674,7 @@ def run(args, argv: list[str]) -> dict:
         results["notes"].append("FAILED: " + "".join(traceback.format_exception_only(type(err), err)).strip())
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    results["environment"]["loadavg_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
-    results["targets"] = compute_targets(results)
-    results["wall_seconds"] = time.perf_counter() - started
-    results["failed"] = failures
-    from .report import write_markdown
-
-    clean = sanitize(results)
-    (out / "report.json").write_text(json.dumps(clean, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    write_markdown(clean, out / "report.md")
-    return clean
+    return write_reports(results, failures, started, out)
 
 
 def main(argv=None) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.classifier import screening_score
 from edge_runtime.spec import ModelSpec
 
 from .heatmaps import compare_maps
@@ -118,7 +119,7 @@ def evaluate_task(models: TaskModels, data: Path | None, shared_data: Path, cach
     from edge_runtime.cam import compute_cam
     from export.parity import compare, run_tflite
     from training.gradcam import gradcam_heatmaps
-    from training.metrics import evaluate_predictions, positive_score
+    from training.metrics import evaluate_predictions
     from training.report import population_breakdown
     from training.train import default_mask_root, predict_probs
 
@@ -168,6 +169,10 @@ def evaluate_task(models: TaskModels, data: Path | None, shared_data: Path, cach
     report = {
         "model": models.name,
         "task": models.task,
+        # From the spec (version 2 on); older specs carry none, and the report then shows the task name alone.
+        "title": spec.title or None,
+        "description": spec.description or None,
+        "populations": list(spec.populations),
         "labels": list(spec.labels),
         "negative_label": spec.negative_label,
         "threshold": float(spec.threshold),
@@ -183,7 +188,7 @@ def evaluate_task(models: TaskModels, data: Path | None, shared_data: Path, cach
     }
     plot = {
         "spec": spec, "labels": labels, "inputs": inputs, "cam": cam_plot,
-        "roc": {key: (positive, positive_score(p, neg)) for key, p in probs.items() if "cam" not in key},
+        "roc": {key: (positive, screening_score(p, neg)) for key, p in probs.items() if "cam" not in key},
         "confusion": {key: metrics[key]["screening"]["at_threshold"]["confusion_matrix"]
                       for key in probs if "cam" not in key},
     }

@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from .report import save_small_png
+
 #: Share of cells forming the "hot region" compared by IoU.
 TOP_FRACTION = 0.2
 
@@ -77,6 +79,5 @@ def plot_examples(rows: list[dict], path, title: str) -> None:
             ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    from .report import save_small_png
 
     save_small_png(fig, path)

@@ -17,6 +17,8 @@ from edge_runtime import quality
 from edge_runtime.errors import CxrError, NotChestXrayError
 from edge_runtime.imaging import load_image, to_luminance
 
+from .ood_corpus import build_corpus
+
 logger = logging.getLogger("benchmarks.quality_gate")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -294,7 +296,6 @@ def main(argv=None) -> int:
     held_out = other_photos()
     photo_sets = [run_photos("skimage_sample_images", sk), run_photos("held_out_photos", held_out),
                   run_photos("greyscale_versions_of_colour_photos", greyscale_versions({**sk, **held_out}))]
-    from .ood_corpus import build_corpus
 
     corpus = run_corpus(build_corpus())
     primary = [s for s in photo_sets[:2] if s["n"]]

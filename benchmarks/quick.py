@@ -5,59 +5,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
+from export.__main__ import build_parser, export_model
+from export.convert import ExportError
+from training.train import TrainConfig, train
+
+from .synthetic import write_synthetic_folder
 
 logger = logging.getLogger(__name__)
 
 #: Input size of the tiny model.
 QUICK_SIZE = 32
-
-
-def synthetic_xray(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
-    """A grey chest-like image; class 1 carries a bright opacity in one lung field."""
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    dx, dy = rng.uniform(-0.05, 0.05, 2)
-    body = rng.uniform(50, 90) + 40 * np.exp(-((xx - 0.5 - dx) ** 2) / rng.uniform(0.06, 0.12))
-    lung_w, lung_h = rng.uniform(0.09, 0.14), rng.uniform(0.2, 0.3)
-    lungs = (np.exp(-(((xx - 0.3 - dx) / lung_w) ** 2 + ((yy - 0.5 - dy) / lung_h) ** 2))
-             + np.exp(-(((xx - 0.7 - dx) / lung_w) ** 2 + ((yy - 0.5 - dy) / lung_h) ** 2)))
-    image = body - rng.uniform(35, 55) * lungs + rng.normal(0, 8, (size, size))
-    if label == 1:
-        image += 90 * np.exp(-(((xx - 0.3 - dx) / 0.09) ** 2 + ((yy - 0.55 - dy) / 0.12) ** 2))
-    # A small black and a small white patch (a film edge and a burnt-in marker) at random places:
-    # the pixel range then spans 0..255 even after resizing, which the int8 export needs for its
-    # identity input quantization, without making the images near-duplicates of each other.
-    patch = max(3, size // 10)
-    for value in (0, 255):
-        y, x = rng.integers(0, size - patch, 2)
-        image[y:y + patch, x:x + patch] = value
-    return np.clip(image, 0, 255).astype(np.uint8)
-
-
-def write_synthetic_folder(root: Path, per_class: int = 40, size: int = 64, seed: int = 0) -> Path:
-    """Kermany-layout folder (NORMAL/IM-..., PNEUMONIA/personN_bacteria|virus_M) of synthetic JPEGs."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    for folder in ("NORMAL", "PNEUMONIA"):
-        (root / folder).mkdir(parents=True, exist_ok=True)
-    for i in range(per_class):
-        patient = i % 10
-        Image.fromarray(synthetic_xray(rng, 0, size)).convert("RGB").save(
-            root / "NORMAL" / f"IM-{patient:04d}-{i:04d}.jpeg", quality=95)
-        kind = "bacteria" if i % 2 == 0 else "virus"
-        Image.fromarray(synthetic_xray(rng, 1, size)).convert("RGB").save(
-            root / "PNEUMONIA" / f"person{patient}_{kind}_{i}.jpeg", quality=95)
-    return root
-
-
-def write_jpeg(path: Path, width: int, height: int, seed: int = 0) -> Path:
-    """A synthetic chest-like JPEG of the given size (stand-in for a scanner image when the data is absent)."""
-    from PIL import Image
-
-    plane = synthetic_xray(np.random.default_rng(seed), 1, max(width, height))
-    Image.fromarray(plane).resize((width, height), Image.Resampling.BILINEAR).save(path, quality=90)
-    return path
 
 
 def build_quick_assets(workdir: Path) -> tuple[Path, Path]:
@@ -66,11 +23,7 @@ def build_quick_assets(workdir: Path) -> tuple[Path, Path]:
     Returns:
         (assets folder, synthetic data folder).
     """
-    from export.__main__ import build_parser, export_model
-    from export.convert import ExportError
-    from training.train import TrainConfig, train
-
-    data = write_synthetic_folder(workdir / "synthetic data" / "train")
+    data = write_synthetic_folder(workdir / "synthetic data" / "train", per_class=40, full_range=True)
     assets = workdir / "android_assets"
     train_dir = assets / "training" / f"cxr_binary_{QUICK_SIZE}"
     cache = workdir / "cache"

@@ -209,8 +209,8 @@ def _session_note(speed: dict) -> list[str]:
             "medians by session (TFLite-only, ours with Keras, peers): " + "; ".join(rows) + ".", ""]
 
 
-def write_markdown(results: dict, path: Path) -> Path:
-    """The human report: targets first, then each section with the numbers from ``results``."""
+def _header_lines(results: dict) -> list[str]:
+    """Title, provenance, the targets table and the set-up."""
     env = results["environment"]
     runs = results["settings"]
     lines = [f"# Benchmark report: {results['title']}", ""]
@@ -242,64 +242,82 @@ def write_markdown(results: dict, path: Path) -> Path:
               f"{runs['e2e_warmup']}; cold start {runs['coldstart_runs']} fresh processes; bootstrap "
               f"{runs['bootstrap']} resamples; Grad-CAM parity on up to {runs['cam_images']} images per task",
               f"- Data: {results['data_note']}", ""]
+    return lines
 
-    lines += ["## 1. Accuracy parity", ""]
+
+def _task_accuracy_lines(task_name: str, task: dict) -> list[str]:
+    """One task's accuracy and parity tables."""
+    if "error" in task:
+        return [f"### {task_name}", "", f"Not evaluated: {task['error']}", ""]
+    heading = f"{task_name}: {task['title']}" if task.get("title") else task_name
+    lines = [f"### {task['model']} ({heading})", ""]
+    if task.get("description"):
+        lines += [f"Task: {task['description']}" + (f" Populations: {', '.join(task['populations'])}."
+                                                    if task.get("populations") else ""), ""]
+    lines += [f"Data: {task['data']}.", "",
+              "Screening decision: positive = not NORMAL (score 1 - P(NORMAL)); 'class acc.' is the accuracy "
+              "over all classes with the same decision rule. AUC with bootstrap 95% CI.", ""]
+    lines += _table(["model", "threshold", "accuracy", "sensitivity", "specificity", "PPV", "NPV", "F1",
+                     "class acc.", "ROC AUC (95% CI)"], _metrics_rows(task))
+    first = next(iter(task["metrics"].values()))
+    if "one_vs_rest_auc" in first:
+        labels = list(first["one_vs_rest_auc"])
+        lines += ["", "One-vs-rest ROC AUC per class:", ""]
+        lines += _table(["model"] + labels + ["macro"],
+                        [[variant] + [_f(m["one_vs_rest_auc"][label], 4) for label in labels]
+                         + [_f(m["macro_auc"], 4)] for variant, m in task["metrics"].items()])
+    lines += ["", "Agreement with the Keras model on the same images:", ""]
+    lines += _table(["file", "top-1 agreement", "decision agreement (shipped thr.)", "max abs prob diff",
+                     "mean abs prob diff", "AUC", "delta AUC vs Keras"],
+                    [[f"{task['files'][k]}", _pct(p["top1_agreement"]), _pct(p["decision_agreement"]),
+                      _f(p["max_prob_diff"], 4), _f(p["mean_prob_diff"], 5), _f(p["auc_tflite"], 4),
+                      f"{p['auc_delta']:+.4f}"] for k, p in task["parity_vs_keras"].items()])
+    pops = task.get("by_population") or {}
+    if pops:
+        lines += ["", "By population, each alone (shipped threshold):", ""]
+        lines += _table(["model", "population", "images", "sensitivity", "specificity", "PPV", "NPV",
+                         "ROC AUC (95% CI)"],
+                        [[variant, pop, str(m["n"]), _f(m["screening"]["at_threshold"]["sensitivity"], 3),
+                          _f(m["screening"]["at_threshold"]["specificity"], 3),
+                          _f(m["screening"]["at_threshold"]["ppv"], 3), _f(m["screening"]["at_threshold"]["npv"], 3),
+                          f"{_f(m['screening']['roc_auc'], 4)} ({_f(m['screening']['roc_auc_ci95'][0], 3)}-"
+                          f"{_f(m['screening']['roc_auc_ci95'][1], 3)})"]
+                         for variant, by_pop in pops.items() for pop, m in by_pop.items()])
+    loc = task.get("lung_localization") or {}
+    if loc:
+        lines += ["", "Does the heatmap point at the lungs? Edge int8 CAM of the shown label against the lung "
+                  "masks of `lung_masks/` (held-out films that have one): share of the heatmap's mass inside "
+                  "the lungs, and share of films whose hottest cell is at least half lung.", ""]
+        lines += _table(["shown label", "population", "films", "mass inside the lungs", "hottest cell inside",
+                         "lungs' share of the image"],
+                        [[key.split("|")[0], key.split("|")[1], str(r["images"]), _pct(r["mass_inside_mean"], 1),
+                          _pct(r["hottest_inside"], 1), _pct(r["lung_area_mean"], 1)] for key, r in loc.items()])
+    lines += [""]
+    return lines
+
+
+def _accuracy_lines(results: dict) -> list[str]:
+    """Section 1: accuracy parity of every task, and its figures."""
+    lines = ["## 1. Accuracy parity", ""]
     if not results["tasks"]:
         lines += ["No task could be evaluated.", ""]
     for task_name, task in results["tasks"].items():
-        if "error" in task:
-            lines += [f"### {task_name}", "", f"Not evaluated: {task['error']}", ""]
-            continue
-        lines += [f"### {task['model']} ({task_name})", "", f"Data: {task['data']}.", "",
-                  "Screening decision: positive = not NORMAL (score 1 - P(NORMAL)); 'class acc.' is the accuracy "
-                  "over all classes with the same decision rule. AUC with bootstrap 95% CI.", ""]
-        lines += _table(["model", "threshold", "accuracy", "sensitivity", "specificity", "PPV", "NPV", "F1",
-                         "class acc.", "ROC AUC (95% CI)"], _metrics_rows(task))
-        first = next(iter(task["metrics"].values()))
-        if "one_vs_rest_auc" in first:
-            labels = list(first["one_vs_rest_auc"])
-            lines += ["", "One-vs-rest ROC AUC per class:", ""]
-            lines += _table(["model"] + labels + ["macro"],
-                            [[variant] + [_f(m["one_vs_rest_auc"][label], 4) for label in labels]
-                             + [_f(m["macro_auc"], 4)] for variant, m in task["metrics"].items()])
-        lines += ["", "Agreement with the Keras model on the same images:", ""]
-        lines += _table(["file", "top-1 agreement", "decision agreement (shipped thr.)", "max abs prob diff",
-                         "mean abs prob diff", "AUC", "delta AUC vs Keras"],
-                        [[f"{task['files'][k]}", _pct(p["top1_agreement"]), _pct(p["decision_agreement"]),
-                          _f(p["max_prob_diff"], 4), _f(p["mean_prob_diff"], 5), _f(p["auc_tflite"], 4),
-                          f"{p['auc_delta']:+.4f}"] for k, p in task["parity_vs_keras"].items()])
-        pops = task.get("by_population") or {}
-        if pops:
-            lines += ["", "By population, each alone (shipped threshold):", ""]
-            lines += _table(["model", "population", "images", "sensitivity", "specificity", "PPV", "NPV",
-                             "ROC AUC (95% CI)"],
-                            [[variant, pop, str(m["n"]), _f(m["screening"]["at_threshold"]["sensitivity"], 3),
-                              _f(m["screening"]["at_threshold"]["specificity"], 3),
-                              _f(m["screening"]["at_threshold"]["ppv"], 3), _f(m["screening"]["at_threshold"]["npv"], 3),
-                              f"{_f(m['screening']['roc_auc'], 4)} ({_f(m['screening']['roc_auc_ci95'][0], 3)}-"
-                              f"{_f(m['screening']['roc_auc_ci95'][1], 3)})"]
-                             for variant, by_pop in pops.items() for pop, m in by_pop.items()])
-        loc = task.get("lung_localization") or {}
-        if loc:
-            lines += ["", "Does the heatmap point at the lungs? Edge int8 CAM of the shown label against the lung "
-                      "masks of `lung_masks/` (held-out films that have one): share of the heatmap's mass inside "
-                      "the lungs, and share of films whose hottest cell is at least half lung.", ""]
-            lines += _table(["shown label", "population", "films", "mass inside the lungs", "hottest cell inside",
-                             "lungs' share of the image"],
-                            [[key.split("|")[0], key.split("|")[1], str(r["images"]), _pct(r["mass_inside_mean"], 1),
-                              _pct(r["hottest_inside"], 1), _pct(r["lung_area_mean"], 1)] for key, r in loc.items()])
-        lines += [""]
+        lines += _task_accuracy_lines(task_name, task)
     if results.get("plots", {}).get("roc"):
         lines += [f"Screening ROC, Keras / float16 / int8 overlaid: ![ROC]({results['plots']['roc']})", ""]
     if results.get("plots", {}).get("confusion"):
         lines += [f"Confusion matrices at the shipped threshold (rows true, columns predicted): "
                   f"![confusion]({results['plots']['confusion']})", ""]
+    return lines
 
-    lines += ["## 2. Heatmap parity", "",
-              "Edge CAM (feature-map output of the *_cam.tflite file x the dense weights in the spec, no gradients) "
-              "against Keras Grad-CAM (gradients through the Keras model), both for the Keras model's argmax class, "
-              "on the same images. r: Pearson correlation of the two maps per image; IoU: overlap of the hottest 20% "
-              "of cells; hottest cell: share of images whose maximum falls on the same cell.", ""]
+
+def _heatmap_lines(results: dict) -> list[str]:
+    """Section 2: edge CAM against Keras Grad-CAM."""
+    lines = ["## 2. Heatmap parity", "",
+             "Edge CAM (feature-map output of the *_cam.tflite file x the dense weights in the spec, no gradients) "
+             "against Keras Grad-CAM (gradients through the Keras model), both for the Keras model's argmax class, "
+             "on the same images. r: Pearson correlation of the two maps per image; IoU: overlap of the hottest 20% "
+             "of cells; hottest cell: share of images whose maximum falls on the same cell.", ""]
     rows = []
     for task_name, task in results["tasks"].items():
         for key, h in task.get("heatmap_parity", {}).items():
@@ -312,9 +330,43 @@ def write_markdown(results: dict, path: Path) -> Path:
     if results.get("plots", {}).get("heatmaps"):
         lines += ["", f"![heatmap examples]({results['plots']['heatmaps']})"]
     lines += [""]
+    return lines
 
+
+def _speed_threads_lines(t: str, res: dict, ratios: dict) -> list[str]:
+    """Model-only latency at one thread count: each session's table and its ratios."""
+    lines = [f"### {t} thread(s)", ""]
+    lines += _table(["candidate", "median", "p90", "p99", "min", "runs"],
+                    [[name, _ms(s["median_ms"]), _ms(s["p90_ms"]), _ms(s["p99_ms"]), _ms(s["min_ms"]),
+                      str(s["runs"])] for name, s in res["sessions"]["ours"].items()])
+    lines += ["", "Ratios in this session (median of the first / median of the second; above 1 means the "
+              "second is faster):", ""]
+    lines += [f"- {r['slower']} / {r['faster']} = **{r['speedup']:.2f}x**" for r in ratios["ours"]]
+    if "tflite" in res["sessions"]:
+        lines += ["", "Our TFLite files alone, many more rounds (the session the latency targets use):", ""]
+        lines += _table(["candidate", "median", "p90", "p99", "min", "runs"],
+                        [[name, _ms(s["median_ms"]), _ms(s["p90_ms"]), _ms(s["p99_ms"]), _ms(s["min_ms"]),
+                          str(s["runs"])] for name, s in res["sessions"]["tflite"].items()])
+        lines += [""] + [f"- {r['slower']} / {r['faster']} = **{r['speedup']:.2f}x**"
+                         for r in ratios["tflite"]]
+    if "peers" in res["sessions"]:
+        lines += ["", "Peers session (ours and the untrained published designs, interleaved):", ""]
+        lines += _table(["candidate", "median", "p90", "p99", "runs"],
+                        [[name, _ms(s["median_ms"]), _ms(s["p90_ms"]), _ms(s["p99_ms"]), str(s["runs"])]
+                         for name, s in sorted(res["sessions"]["peers"].items(),
+                                               key=lambda kv: kv[1]["median_ms"])])
+        lines += ["", f"`{REFERENCE_PREFIX[:-1]}` is not a peer: it is the reference network of the "
+                  "Raspberry Pi projection (section 7)."]
+        lines += ["", "Ours against each peer in the same form (peer median / our median; above 1 means ours "
+                  "is faster):", ""]
+        lines += [f"- {r['slower']} / {r['faster']} = **{r['speedup']:.2f}x**" for r in ratios["peers"]]
+    return lines + [""]
+
+
+def _speed_lines(results: dict) -> list[str]:
+    """Section 3: model-only latency."""
     speed = results.get("speed")
-    lines += ["## 3. Speed", ""]
+    lines = ["## 3. Speed", ""]
     if speed:
         lines += [f"Model-only: one {speed['input_size']}x{speed['input_size']} image through `{speed['model']}` "
                   f"({speed['note']}). Keras predict = `model.predict(x)`, Keras call = `model(x)` (eager); TFLite "
@@ -322,38 +374,19 @@ def write_markdown(results: dict, path: Path) -> Path:
                   "dequantization), float32 converted here for reference. All candidates of a session are "
                   "interleaved round-robin in a shuffled order per round, in one process per thread count.", ""]
         for t, res in sorted(speed["by_threads"].items(), key=lambda kv: int(kv[0])):
-            lines += [f"### {t} thread(s)", ""]
-            lines += _table(["candidate", "median", "p90", "p99", "min", "runs"],
-                            [[name, _ms(s["median_ms"]), _ms(s["p90_ms"]), _ms(s["p99_ms"]), _ms(s["min_ms"]),
-                              str(s["runs"])] for name, s in res["sessions"]["ours"].items()])
-            lines += ["", "Ratios in this session (median of the first / median of the second; above 1 means the "
-                      "second is faster):", ""]
-            lines += [f"- {r['slower']} / {r['faster']} = **{r['speedup']:.2f}x**" for r in speed["ratios"][t]["ours"]]
-            if "tflite" in res["sessions"]:
-                lines += ["", "Our TFLite files alone, many more rounds (the session the latency targets use):", ""]
-                lines += _table(["candidate", "median", "p90", "p99", "min", "runs"],
-                                [[name, _ms(s["median_ms"]), _ms(s["p90_ms"]), _ms(s["p99_ms"]), _ms(s["min_ms"]),
-                                  str(s["runs"])] for name, s in res["sessions"]["tflite"].items()])
-                lines += [""] + [f"- {r['slower']} / {r['faster']} = **{r['speedup']:.2f}x**"
-                                 for r in speed["ratios"][t]["tflite"]]
-            if "peers" in res["sessions"]:
-                lines += ["", "Peers session (ours and the untrained published designs, interleaved):", ""]
-                lines += _table(["candidate", "median", "p90", "p99", "runs"],
-                                [[name, _ms(s["median_ms"]), _ms(s["p90_ms"]), _ms(s["p99_ms"]), str(s["runs"])]
-                                 for name, s in sorted(res["sessions"]["peers"].items(),
-                                                       key=lambda kv: kv[1]["median_ms"])])
-                lines += ["", f"`{REFERENCE_PREFIX[:-1]}` is not a peer: it is the reference network of the "
-                          "Raspberry Pi projection (section 7)."]
-                lines += ["", "Ours against each peer in the same form (peer median / our median; above 1 means ours "
-                          "is faster):", ""]
-                lines += [f"- {r['slower']} / {r['faster']} = **{r['speedup']:.2f}x**" for r in speed["ratios"][t]["peers"]]
-            lines += [""]
+            lines += _speed_threads_lines(t, res, speed["ratios"][t])
         lines += _session_note(speed)
         if results.get("plots", {}).get("latency"):
             lines += [f"![latency]({results['plots']['latency']})", ""]
         lines += ["Every raw sample behind these summaries, in run order: `latency_samples.json.gz`.", ""]
     else:
         lines += ["Not measured.", ""]
+    return lines
+
+
+def _endtoend_lines(results: dict) -> list[str]:
+    """Section 3, end to end: the edge runtime in a TensorFlow-free process."""
+    lines: list[str] = []
     e2e = results.get("endtoend")
     if e2e:
         lines += ["### End-to-end (edge runtime, TensorFlow-free process)", "",
@@ -374,9 +407,13 @@ def write_markdown(results: dict, path: Path) -> Path:
             lines += [""]
         lines += [f"TensorFlow imported in that process: {_f(e2e['tensorflow_imported'])}."]
         lines += [f"- {n}" for n in e2e.get("notes", [])] + [""]
+    return lines
 
+
+def _memory_lines(results: dict) -> list[str]:
+    """Section 4: cold start and peak memory of one classification."""
     cold = results.get("coldstart")
-    lines += ["## 4. Memory and cold start", ""]
+    lines = ["## 4. Memory and cold start", ""]
     if cold:
         lines += [f"A fresh Python process imports the edge runtime, loads `{cold['model']}` ({cold['runtime']}, "
                   f"{cold['threads']} thread) and classifies `{cold['image']}` with its heatmap and overlay; "
@@ -404,6 +441,12 @@ def write_markdown(results: dict, path: Path) -> Path:
         lines += [""]
     else:
         lines += ["Not measured.", ""]
+    return lines
+
+
+def _hostile_lines(results: dict) -> list[str]:
+    """Section 4, continued: peak memory refusing hostile inputs."""
+    lines: list[str] = []
     hostile = results.get("hostile_inputs")
     if hostile:
         lines += ["Hostile inputs (issue 10): a fresh process per input, refused from the header or after a "
@@ -413,15 +456,23 @@ def write_markdown(results: dict, path: Path) -> Path:
                           str(v["refused"] or "classified"), _mb(v["peak_rss_bytes"])]
                          for name, v in hostile["inputs"].items()])
         lines += [""]
+    return lines
 
-    lines += ["## 5. File sizes", ""]
+
+def _sizes_lines(results: dict) -> list[str]:
+    """Section 5: file sizes."""
+    lines = ["## 5. File sizes", ""]
     lines += _table(["file", "what", "bytes", "MB"],
                     [[s["file"], s["what"], str(s["bytes"]), _mb(s["bytes"])] for s in results["sizes"]])
     if results.get("plots", {}).get("sizes"):
         lines += ["", f"![sizes]({results['plots']['sizes']})"]
     lines += [""]
+    return lines
 
-    lines += ["## 6. Peers", ""]
+
+def _peers_lines(results: dict) -> list[str]:
+    """Section 6: the untrained published designs."""
+    lines = ["## 6. Peers", ""]
     if results.get("peers"):
         lines += ["Untrained (random weights, seeded; nothing downloaded): for speed and size only, never accuracy. "
                   "Built with the same uint8 input and in-graph scaling as ours.", ""]
@@ -434,7 +485,12 @@ def write_markdown(results: dict, path: Path) -> Path:
     else:
         lines += ["Peers were not run (--no-peers)."]
     lines += [""]
+    return lines
 
+
+def _projection_lines(results: dict) -> list[str]:
+    """Section 7: the labelled Raspberry Pi projection."""
+    lines: list[str] = []
     proj = results.get("projection")
     lines += ["## 7. Raspberry Pi 4 / Pi 5: PROJECTION, not a measurement", ""]
     if proj:
@@ -453,12 +509,24 @@ def write_markdown(results: dict, path: Path) -> Path:
         lines += [""] + [f"- {c}" for c in proj["caveats"]] + [""]
     else:
         lines += [results.get("projection_note", "Not computed."), ""]
+    return lines
 
-    lines += ["## Other helpers' benchmarks", ""]
+
+def _others_lines(results: dict) -> list[str]:
+    """The other helpers' benchmarks and the notes."""
+    lines = ["## Other helpers' benchmarks", ""]
     for name, item in results.get("others", {}).items():
         lines += [f"### {name}", "", item["text"], ""]
 
     if results.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in results["notes"]] + [""]
+    return lines
+
+
+def write_markdown(results: dict, path: Path) -> Path:
+    """The human report: targets first, then each section with the numbers from ``results``."""
+    sections = (_header_lines, _accuracy_lines, _heatmap_lines, _speed_lines, _endtoend_lines, _memory_lines,
+                _hostile_lines, _sizes_lines, _peers_lines, _projection_lines, _others_lines)
+    lines = [line for section in sections for line in section(results)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .timing import round_robin
+
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +57,6 @@ def run_worker(config: dict) -> dict:
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
-    from .timing import round_robin
 
     seed = int(config.get("seed", 0))
     progress = bool(config.get("progress", True))

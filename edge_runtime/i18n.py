@@ -26,6 +26,10 @@ _POPULATION_KEYS = {
 }
 
 
+#: Population codes a spec's ``populations`` may hold (see :func:`population_group`).
+POPULATION_CODES = frozenset({"children", "adults"})
+
+
 @functools.lru_cache(maxsize=None)
 def catalog(language: str) -> Mapping[str, str]:
     """The catalog of ``language`` (an empty one for an unknown language)."""
@@ -86,26 +90,35 @@ def plain_result(language: str, label: str, positive: bool) -> str:
     return translate(language, "plain.negative")
 
 
-def population_text(spec: Any, spec_path: str | Path | None = None, language: str = DEFAULT_LANGUAGE) -> str:
-    """Which population the model was validated on, for the page and the report.
-
-    Read from the spec's ``populations`` field when present (a string, a list of strings, or a
-    mapping with a ``validated`` entry), from the spec file when the loaded spec object does not
-    carry the field, else a per-task default from the catalog.
-    """
-    value = getattr(spec, "populations", None)
-    if not value and spec_path is not None:
-        try:
-            value = json.loads(Path(spec_path).read_text(encoding="utf-8")).get("populations")
-        except (OSError, ValueError, AttributeError):
-            value = None
+def _population_words(value: Any) -> str:
+    """A spec's ``populations`` value as words; "" for none or for bare population codes."""
     if isinstance(value, Mapping):
         value = value.get("validated") or value.get("description")
     if isinstance(value, (list, tuple)):
         parts = [str(v.get("description", v)) if isinstance(v, Mapping) else str(v) for v in value]
+        # Bare population codes (``children``, ``adults``, as training writes them) say less than the
+        # task's catalog sentence (which hospitals, which ages): that sentence is used for them.
+        if parts and all(p.strip() in POPULATION_CODES for p in parts):
+            return ""
         value = "; ".join(p for p in parts if p.strip())
-    if isinstance(value, str) and value.strip():
-        return value.strip()
+    return value.strip() if isinstance(value, str) else ""
+
+
+def population_text(spec: Any, spec_path: str | Path | None = None, language: str = DEFAULT_LANGUAGE) -> str:
+    """Which population the model was validated on, for the page and the report.
+
+    Read from the spec's ``populations`` field when it holds words (a string, a list of strings, or a
+    mapping with a ``validated`` entry), else from the spec file, else the task's sentence from the
+    catalog (also for bare codes such as ``["adults", "children"]``).
+    """
+    words = _population_words(getattr(spec, "populations", None))
+    if not words and spec_path is not None:
+        try:
+            words = _population_words(json.loads(Path(spec_path).read_text(encoding="utf-8")).get("populations"))
+        except (OSError, ValueError, AttributeError):
+            words = ""
+    if words:
+        return words
     key = _POPULATION_KEYS.get(str(getattr(spec, "task", "")), "population.unknown")
     return translate(language, key)
 

@@ -12,6 +12,21 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.cam import compute_cam
+from edge_runtime.errors import CxrError
+from edge_runtime.spec import SPEC_SUFFIX, ModelSpec, sha256_file
+from training.backfill import fill_task_fields
+from training.data import TASKS, load_dataset, load_split
+from training.train import predict_probs
+
+from .binding import embed_spec, write_checksums
+from .convert import ExportError, export_fp16, export_int8, quantization_debug, with_feature_output
+from .metadata_bridge import write_metadata_external
+from .model_card import write_model_card_for_run
+from .parity import compare, gate, run_tflite
+
+# Keras (TensorFlow) loads only once a model is exported (load_run, export_model, check_parity): --help stays fast.
+
 logger = logging.getLogger("export")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -60,51 +75,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 def attach_metadata(model_path: Path, spec_path: Path, labels_path: Path, python: str | None) -> None:
     """Embed Android metadata in place, in this interpreter or the metadata one (its own venv)."""
-    from .metadata import write_metadata_external
-
     write_metadata_external(model_path, model_path, spec_path, labels_path, python=python)
     logger.info("embedded TFLite metadata in %s", model_path.name)
 
 
-def export_model(args) -> dict:
+def load_run(args):
+    """The training run of ``args.model``: (its spec, as shipped; the Keras model; its data set).
+
+    The spec is shipped at this runtime's spec version, with the task's title, description and
+    populations (filled in from ``TASKS`` for runs trained before spec version 2).
+    """
     import keras
 
-    from edge_runtime.spec import ModelSpec, sha256_file
-    from training.data import TASKS, load_dataset, load_split
-    from training.model import CLASSIFIER_LAYER
-    from training.train import predict_probs
-
-    from .convert import (ExportError, export_fp16, export_int8, quantization_debug, with_feature_output)
-    from .parity import compare, gate, run_tflite
-
-    model_path = args.model
-    train_dir = model_path.parent
-    spec = ModelSpec.load(train_dir / "spec.json")
-    model = keras.saving.load_model(model_path, compile=False)
-    task = TASKS[spec.task]
+    train_dir = args.model.parent
+    spec, filled = fill_task_fields(ModelSpec.load(train_dir / "spec.json"))
+    if filled:
+        logger.warning("%s predates spec version %d: %s filled in from training.data.TASKS", train_dir / "spec.json",
+                       spec.spec_version, ", ".join(filled))
+    model = keras.saving.load_model(args.model, compile=False)
     # Recorded paths are relative to the repository (absolute in older specs; both resolve here).
     data_root = args.data or (REPO_ROOT / spec.training.get("data", ""))
-    dataset = load_dataset(data_root, task, spec, cache_dir=args.cache_dir, progress=False)
-    # Parity on everything held out (checkpoint and threshold sides); calibration from the training side.
-    train_idx, val_idx = load_split(train_dir / "split.json", dataset, held_out=True)
-    labels = dataset.labels
+    dataset = load_dataset(data_root, TASKS[spec.task], spec, cache_dir=args.cache_dir, progress=False)
+    return spec, model, dataset
+
+
+def sample_sides(args, dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(calibration indices from the training side, parity indices: everything held out, i.e. the checkpoint
+    and threshold sides, or a stratified ``--parity-max`` of them)."""
+    train_idx, val_idx = load_split(args.model.parent / "split.json", dataset, held_out=True)
     strata = dataset.strata  # class x source folder: children's and adults' films both calibrate int8
     if args.parity_max and len(val_idx) > args.parity_max:
         val_idx = stratified_sample(strata, val_idx, args.parity_max, args.seed)
     cal_idx = stratified_sample(strata, train_idx, args.calibration_size, args.seed)
-    calibration = dataset.rgb(cal_idx)
-    if args.calibration == "blank":
-        calibration = np.full_like(calibration, 128)
-    val_inputs = dataset.rgb(val_idx)
-    y_val = labels[val_idx]
     logger.info("calibration %d images %s; parity on %d validation images", len(cal_idx),
-                np.bincount(labels[cal_idx]).tolist(), len(val_idx))
+                np.bincount(dataset.labels[cal_idx]).tolist(), len(val_idx))
+    return cal_idx, val_idx
 
-    keras_probs = predict_probs(model, dataset.images[val_idx])
-    dense = model.get_layer(CLASSIFIER_LAYER)
-    kernel, bias = (np.asarray(w, dtype=np.float64) for w in dense.get_weights())
-    name = spec.name
-    stage = Path(tempfile.mkdtemp(prefix=f"export-{name}-"))
+
+def convert_files(model, calibration: np.ndarray, stage: Path, name: str) -> list[str]:
+    """The four files in ``stage``: float16 and int8, each plain and with the feature-map output; their names."""
     cam_model = with_feature_output(model)
     files = {
         f"{name}_fp16.tflite": lambda p: export_fp16(model, p),
@@ -115,51 +124,97 @@ def export_model(args) -> dict:
     for filename, make in files.items():
         logger.info("converting %s", filename)
         make(stage / filename)
+    return list(files)
+
+
+def write_spec_and_bind(args, spec: ModelSpec, kernel: np.ndarray, bias: np.ndarray, stage: Path,
+                        filenames: list[str]) -> ModelSpec:
+    """Labels file and ``<name>.spec.json`` (with the CAM weights) in ``stage``; the spec embedded in every file
+    (Android metadata for the plain ones unless ``--no-metadata``); then every file's sha256 in the spec."""
+    name = spec.name
     labels_path = stage / f"{name}_labels.txt"
     labels_path.write_text("\n".join(spec.labels) + "\n", encoding="utf-8")
     spec = spec.replace(cam_weights=tuple(tuple(row) for row in kernel.tolist()), cam_bias=tuple(bias.tolist()))
-    spec_path = stage / f"{name}.spec.json"
+    spec_path = stage / f"{name}{SPEC_SUFFIX}"
     spec.save(spec_path)
-    from .binding import embed_spec
-
     with_metadata = set() if args.no_metadata else {f"{name}_{variant}.tflite" for variant in ANDROID_VARIANTS}
-    for filename in files:
+    for filename in filenames:
         if filename in with_metadata:  # the metadata writer embeds model_spec.json with the labels
             attach_metadata(stage / filename, spec_path, labels_path, args.metadata_python)
         else:  # every other file gets the same copy appended: the runtime refuses a model without it
             embed_spec(stage / filename, spec)
-    spec = spec.replace(files={f: sha256_file(stage / f) for f in [*files, labels_path.name]})
+    spec = spec.replace(files={f: sha256_file(stage / f) for f in [*filenames, labels_path.name]})
     spec.save(spec_path)
+    return spec
 
-    report = {"model": name, "keras_model": str(model_path), "validation_images": int(len(val_idx)),
-              "calibration_images": int(len(cal_idx)), "calibration": args.calibration, "files": {}}
-    failures = []
+
+def cam_correlation(feats: np.ndarray, kernel: np.ndarray, keras_probs: np.ndarray, keras_cam: np.ndarray) -> dict:
+    """Mean Pearson r of the edge CAM (feature map x dense kernel) and Keras Grad-CAM, same class, same image."""
+    rs = []
+    for i in range(len(keras_cam)):
+        cls = int(keras_probs[i].argmax())
+        edge = compute_cam(feats[i], kernel, cls).ravel()
+        ref = keras_cam[i].ravel()
+        if edge.std() > 0 and ref.std() > 0:
+            rs.append(float(np.corrcoef(edge, ref)[0, 1]))
+    return {"cam_pearson_r_mean": float(np.mean(rs)) if rs else float("nan"), "cam_images": len(rs)}
+
+
+def check_parity(model, spec: ModelSpec, kernel: np.ndarray, stage: Path, filenames: list[str],
+                 val_inputs: np.ndarray, y_val: np.ndarray, keras_probs: np.ndarray) -> tuple[dict, list[str]]:
+    """Every file run through the edge runtime on the parity images and gated against Keras.
+
+    Returns:
+        (file name -> its statistics, the gate failures as ``file: reason``).
+    """
     from training.gradcam import gradcam_heatmaps
-    from edge_runtime.cam import compute_cam
 
-    cam_idx = np.arange(min(200, len(val_idx)))
+    cam_idx = np.arange(min(200, len(val_inputs)))
     keras_cam = gradcam_heatmaps(model, val_inputs[cam_idx], keras_probs[cam_idx].argmax(axis=1))
-    for filename in files:
+    stats_by_file, failures = {}, []
+    for filename in filenames:
         precision = "int8" if "_int8" in filename else "fp16"
         probs, feats = run_tflite(stage / filename, val_inputs)
         stats = compare(keras_probs, probs, y_val, spec)
         stats["size_bytes"] = (stage / filename).stat().st_size
         if feats is not None:
-            rs = []
-            for i in cam_idx:
-                cls = int(keras_probs[i].argmax())
-                edge = compute_cam(feats[i], kernel, cls).ravel()
-                ref = keras_cam[i].ravel()
-                if edge.std() > 0 and ref.std() > 0:
-                    rs.append(float(np.corrcoef(edge, ref)[0, 1]))
-            stats["cam_pearson_r_mean"] = float(np.mean(rs)) if rs else float("nan")
-            stats["cam_images"] = len(rs)
+            stats.update(cam_correlation(feats, kernel, keras_probs, keras_cam))
         stats["gate_failures"] = gate(precision, stats)
         failures += [f"{filename}: {f}" for f in stats["gate_failures"]]
-        report["files"][filename] = stats
+        stats_by_file[filename] = stats
         logger.info("%s: %.1f KB, top-1 agreement %.4f, dAUC %+.4f, max |dp| %.4f%s", filename,
                     stats["size_bytes"] / 1024, stats["top1_agreement"], stats["auc_delta"], stats["max_prob_diff"],
                     f", CAM r {stats['cam_pearson_r_mean']:.3f}" if "cam_pearson_r_mean" in stats else "")
+    return stats_by_file, failures
+
+
+def export_model(args) -> dict:
+    """Convert, bind, check and (when the parity gate passes, or with ``--force``) ship one trained model.
+
+    Returns:
+        The parity report (also written as ``<name>_parity.json`` / ``.md`` in ``args.out``).
+
+    Raises:
+        ExportError: the parity gate failed (files shipped only with ``--force``).
+    """
+    from training.model import CLASSIFIER_LAYER
+
+    spec, model, dataset = load_run(args)
+    cal_idx, val_idx = sample_sides(args, dataset)
+    calibration = dataset.rgb(cal_idx)
+    if args.calibration == "blank":
+        calibration = np.full_like(calibration, 128)
+    val_inputs, y_val = dataset.rgb(val_idx), dataset.labels[val_idx]
+    keras_probs = predict_probs(model, dataset.images[val_idx])
+    kernel, bias = (np.asarray(w, dtype=np.float64) for w in model.get_layer(CLASSIFIER_LAYER).get_weights())
+    name = spec.name
+    stage = Path(tempfile.mkdtemp(prefix=f"export-{name}-"))
+    filenames = convert_files(model, calibration, stage, name)
+    spec = write_spec_and_bind(args, spec, kernel, bias, stage, filenames)
+
+    report = {"model": name, "keras_model": str(args.model), "validation_images": int(len(val_idx)),
+              "calibration_images": int(len(cal_idx)), "calibration": args.calibration, "files": {}}
+    report["files"], failures = check_parity(model, spec, kernel, stage, filenames, val_inputs, y_val, keras_probs)
     if failures and args.calibration == "data":
         report["quantization_debugger_worst_layers"] = quantization_debug(model, calibration[:100])
     report["passed"] = not failures
@@ -169,24 +224,15 @@ def export_model(args) -> dict:
     if not failures or args.force:
         for path in stage.iterdir():
             shutil.move(str(path), args.out / path.name)
-        from .binding import write_checksums
-
         write_checksums(args.out)  # the list a clinic checks a model update against
     shutil.rmtree(stage, ignore_errors=True)
-    if not failures:
-        from .model_card import load_by_source, write_model_card
-
-        validation_path = train_dir / "validation.json"
-        if validation_path.exists():
-            shift_path = train_dir / "shift.json"
-            shift = json.loads(shift_path.read_text(encoding="utf-8")) if shift_path.exists() else None
-            card = write_model_card(spec, json.loads(validation_path.read_text(encoding="utf-8")), report,
-                                    args.out / f"MODEL_CARD_{name}.md", load_by_source(train_dir), shift)
-            logger.info("wrote %s", card)
     if failures:
         raise ExportError("parity gate failed" + (" (files written anyway: --force)" if args.force else
                                                   ", nothing shipped") + ":\n  " + "\n  ".join(failures)
                           + f"\nreport: {args.out / (name + '_parity.md')}")
+    card = write_model_card_for_run(spec, args.model.parent, report, args.out / f"MODEL_CARD_{name}.md")
+    if card is not None:
+        logger.info("wrote %s", card)
     return report
 
 
@@ -215,10 +261,6 @@ def write_parity_report(report: dict, stem: Path) -> None:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from edge_runtime.errors import CxrError
-
-    from .convert import ExportError
-
     if not args.model.is_file():
         logger.error("model file not found: %s", args.model)
         return 2

@@ -2,53 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 
+from edge_runtime.errors import CxrError
 from edge_runtime.spec import ModelSpec
-
-KERMANY_CREDIT = (
-    "Kermany D., Zhang K., Goldbaum M. (2018), \"Labeled Optical Coherence Tomography (OCT) and Chest X-Ray Images "
-    "for Classification\", Mendeley Data v2, doi:10.17632/rscbjbr9sj.2, CC BY 4.0; paper: Kermany et al., Cell "
-    "172(5):1122-1131 (2018).")
-COVID_CREDIT = (
-    "COVID-19 Radiography Database: Chowdhury et al., IEEE Access 8:132665 (2020); Rahman et al., Comput. Biol. "
-    "Med. 132:104319 (2021); adult normals originally from RSNA / NIH ChestX-ray14. Research use; the original "
-    "sources' terms apply.")
-
-ADULT_CREDIT = (
-    "Adult pneumonia / lung opacity and adult normal films: the \"Infection Segmentation Data\" subset of COVID-QU-Ex "
-    "(Tahir et al., Comput. Biol. Med. 139:105002, 2021; Qatar University and University of Dhaka), mostly from RSNA / "
-    "NIH ChestX-ray14; lung masks from the same source. Research use; the original sources' terms apply.")
-
-TASK_TEXT = {
-    "binary": ("NORMAL vs PNEUMONIA on chest X-rays of children (Kermany, Guangzhou) and adults (RSNA / NIH films "
-               "via COVID-QU-Ex and the COVID-19 Radiography Database).", [KERMANY_CREDIT, ADULT_CREDIT, COVID_CREDIT]),
-    "etiology": ("NORMAL / BACTERIAL / VIRAL pneumonia on paediatric chest X-rays; the etiology labels come from the "
-                 "data set's file names.", [KERMANY_CREDIT]),
-    "covid": ("COVID-19 / NORMAL / PNEUMONIA. NORMAL mixes Kermany paediatric normals and adult normals (RSNA / NIH); "
-              "PNEUMONIA mixes Kermany paediatric pneumonia and adult non-COVID pneumonia / lung opacity (RSNA / NIH via "
-              "COVID-QU-Ex); COVID-19 images are adults from other hospitals.",
-              [KERMANY_CREDIT, ADULT_CREDIT, COVID_CREDIT]),
-}
-
-LIMITS = {
-    "binary": ["Adults: the adult films come from one hospital system (RSNA / NIH), and many adult PNEUMONIA films are "
-               "portable AP films of inpatients with lines, electrodes and 'PORTABLE' markers while most adult normals "
-               "are PA outpatient films: the model may partly have learnt 'portable film' (the shift check in "
-               "shift.md renders such markers on normal films to measure it).",
-               "COVID-19 films were kept out of training (they all come from other hospitals than the adult normals, and "
-               "would teach 'another hospital means pneumonia'); what the model calls them is reported above as a "
-               "check on unseen hospitals."],
-    "etiology": ["Bacterial and viral pneumonia are hard to tell apart on a radiograph even for radiologists; the "
-                 "file-name labels are the data set's, not laboratory-confirmed per image."],
-    "covid": ["Confounder: every COVID-19 image comes from other hospitals than every NORMAL and PNEUMONIA image. The "
-              "model can learn hospital instead of disease (DeGrave et al., Nat. Mach. Intell. 2021). Adult normals and "
-              "adult non-COVID pneumonia were added to remove the plainest shortcut (adult means COVID-19 or normal): "
-              "the model shipped before them, scored on this model's held-out films, called 66% of adult non-COVID "
-              "pneumonia NORMAL and 29% COVID-19 (training/EXPERIMENTS.md). COVID-19 and other adult pneumonias are "
-              "still confused (see the confusion matrix above). Do not use it to diagnose COVID-19."],
-}
+from training.data import TASKS
 
 
 def _population_check_line(check: dict | None) -> list[str]:
@@ -154,7 +115,10 @@ def write_model_card(spec: ModelSpec, validation: dict, parity: dict, out_path: 
             (default: the validation report's own).
         shift: Optional ``shift.json`` of ``python -m training shift``.
     """
-    what, credits = TASK_TEXT[spec.task]
+    # Title, description and populations travel in the spec; specs older than version 2 lack them.
+    task = TASKS.get(spec.task)
+    what = spec.description or spec.training.get("data_description") or spec.task
+    populations = list(spec.populations) or spec.training.get("populations") or ["children"]
     scr = validation["screening"]
     thr, half = scr["at_threshold"], scr["at_0.5"]
     training = dict(spec.training)
@@ -163,6 +127,7 @@ def write_model_card(spec: ModelSpec, validation: dict, parity: dict, out_path: 
         "**Not a medical device.** A screening aid for trained staff; every result needs a clinician's review. "
         "It has not been cleared or approved by any regulator.", "",
         "## Model", "",
+        *([f"- Title: {spec.title}"] if spec.title else []),
         f"- Task: {what}",
         f"- Labels (output order): {', '.join(spec.labels)}",
         f"- Input: {spec.input_height}x{spec.input_width} RGB uint8 (0-255), the grey level replicated in R, G, B; "
@@ -175,7 +140,7 @@ def write_model_card(spec: ModelSpec, validation: dict, parity: dict, out_path: 
         f"commit {str(training.get('commit', ''))[:12]}, best epoch {training.get('best_epoch')} of "
         f"{training.get('epochs_run')}, {training.get('fit_seconds')} s on {training.get('machine', '')}.",
         "", "## Data and credit", "",
-        *[f"- {c}" for c in credits],
+        *[f"- {c}" for c in (task.credits if task else ())],
         "", "## Validation (grouped split of the training data)", "",
         f"These are **validation** figures on {validation['n']} images held out from the training data by patient "
         "and by near-duplicate, not test figures: no official test split or outside hospital's films were available "
@@ -212,12 +177,12 @@ def write_model_card(spec: ModelSpec, validation: dict, parity: dict, out_path: 
         "Offline screening support where no radiologist is at hand: flag chest X-rays that deserve a clinician's "
         "attention first. Not for diagnosis, not for excluding disease, not for treatment decisions.", "",
         "## Known limits", "",
-        *_population_limits(training.get("populations") or ["children"]),
+        *_population_limits(populations),
         *_population_check_line(spec.population_check),
         "- Validation only (see above); no external test set, no prospective study.",
         "- Frontal (PA or AP) chest films only; lateral views, CT slices and other body parts are out of scope (the "
         "runtime's quality gate refuses obvious non-X-rays, not every wrong X-ray).",
-        *[f"- {text}" for text in LIMITS[spec.task]],
+        *[f"- {text}" for text in (task.limits if task else ())],
     ]
     out_path = Path(out_path)
     out_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -230,12 +195,39 @@ def load_by_source(train_dir: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")).get("by_source") if path.exists() else None
 
 
+def write_model_card_for_run(spec: ModelSpec, train_dir: Path, parity: dict, out_path: Path) -> Path | None:
+    """Render a card from a training run's records: ``validation.json``, and ``validation_by_source.json`` and
+    ``shift.json`` when present. Returns None when the run has no ``validation.json``."""
+    train_dir = Path(train_dir)
+    validation_path = train_dir / "validation.json"
+    if not validation_path.exists():
+        return None
+    shift_path = train_dir / "shift.json"
+    shift = json.loads(shift_path.read_text(encoding="utf-8")) if shift_path.exists() else None
+    return write_model_card(spec, json.loads(validation_path.read_text(encoding="utf-8")), parity, out_path,
+                            load_by_source(train_dir), shift)
+
+
 def write_model_card_files(spec_path: Path, train_dir: Path, parity_path: Path, out_path: Path) -> Path:
-    """Re-render a card from files on disk (after a shift check or a by-source evaluation, for instance)."""
-    shift_path = Path(train_dir) / "shift.json"
-    return write_model_card(ModelSpec.load(spec_path), json.loads((Path(train_dir) / "validation.json").read_text()),
-                            json.loads(Path(parity_path).read_text()), out_path, load_by_source(train_dir),
-                            json.loads(shift_path.read_text()) if shift_path.exists() else None)
+    """Re-render a card from files on disk (after a shift check or a by-source evaluation, for instance).
+
+    Raises:
+        FileNotFoundError: the spec, the parity report or the run's ``validation.json`` is missing.
+    """
+    card = write_model_card_for_run(ModelSpec.load(spec_path), train_dir,
+                                    json.loads(Path(parity_path).read_text(encoding="utf-8")), out_path)
+    if card is None:
+        raise FileNotFoundError(f"{Path(train_dir) / 'validation.json'} not found: a card needs the validation report")
+    return card
+
+
+def write_shipped_card(assets: Path, model: str) -> Path:
+    """Re-render ``MODEL_CARD_<name>.md`` of a shipped model from ``assets`` (its spec, parity report and
+    ``training/<name>/`` records); ``model`` is the model name or its training folder."""
+    name = Path(model).name
+    assets = Path(assets)
+    return write_model_card_files(assets / f"{name}.spec.json", assets / "training" / name,
+                                  assets / f"{name}_parity.json", assets / f"MODEL_CARD_{name}.md")
 
 
 def results_rows(assets: Path) -> list[str]:
@@ -269,13 +261,26 @@ def results_rows(assets: Path) -> list[str]:
 
 
 def main(argv=None) -> int:
-    """``python -m export.model_card [--assets DIR]``: print the README results table."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m export.model_card",
-                                     description="Print the README's results table from the shipped files.")
-    parser.add_argument("--assets", type=Path, default=Path(__file__).resolve().parent.parent / "android_assets")
+    """``python -m export.model_card [--assets DIR] [--write NAME ...]``: the README results table, or cards."""
+    parser = argparse.ArgumentParser(
+        prog="python -m export.model_card",
+        description="Print the README's results table from the shipped files, or (--write) re-render shipped "
+                    "models' cards from their spec, parity report and training records (after a shift check or a "
+                    "by-source evaluation, for instance).")
+    parser.add_argument("--assets", type=Path, default=Path(__file__).resolve().parent.parent / "android_assets",
+                        help="folder of the shipped models (default: android_assets)")
+    parser.add_argument("--write", nargs="+", metavar="MODEL", default=None,
+                        help="re-render MODEL_CARD_<name>.md in --assets for these models (a name such as "
+                             "cxr_binary_160, or its training folder)")
     args = parser.parse_args(argv)
+    if args.write:
+        try:
+            for model in args.write:
+                print(write_shipped_card(args.assets, model))
+        except (FileNotFoundError, CxrError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
     print("\n".join(results_rows(args.assets)))
     return 0
 

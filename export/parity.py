@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from edge_runtime.classifier import Classifier, ClassifierOptions
+from edge_runtime.classifier import Classifier, ClassifierOptions, decide, screening_score
 from edge_runtime.spec import ModelSpec
 
 #: Gates (min top-1 agreement, max |delta AUC|) per precision, on every held-out image; int8 raised
@@ -29,15 +29,13 @@ def run_tflite(model_path, inputs: np.ndarray, spec_path=None, num_threads: int 
 
 def compare(keras_probs: np.ndarray, tflite_probs: np.ndarray, y_true: np.ndarray, spec: ModelSpec) -> dict:
     """Agreement, accuracy and AUC deltas and probability differences of two predictors."""
-    from training.metrics import decide, positive_score
-
     neg = spec.negative_index
     positive = (np.asarray(y_true) != neg).astype(int)
     k_pred, t_pred = keras_probs.argmax(1), tflite_probs.argmax(1)
     k_dec = decide(keras_probs, neg, spec.threshold)
     t_dec = decide(tflite_probs, neg, spec.threshold)
-    k_auc = float(roc_auc_score(positive, positive_score(keras_probs, neg)))
-    t_auc = float(roc_auc_score(positive, positive_score(tflite_probs, neg)))
+    k_auc = float(roc_auc_score(positive, screening_score(keras_probs, neg)))
+    t_auc = float(roc_auc_score(positive, screening_score(tflite_probs, neg)))
     diff = np.abs(keras_probs - tflite_probs)
     return {
         "n": int(len(y_true)),

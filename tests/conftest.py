@@ -6,9 +6,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("CXR_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -26,37 +24,18 @@ needs_shared_data = pytest.mark.skipif(not (SHARED_DATA / "chest_xray" / "train"
                                        reason=f"real data not found at {SHARED_DATA}")
 
 
-def synthetic_xray(rng: np.random.Generator, label: int, size: int = 64) -> np.ndarray:
-    """A grey 'chest' with two lung fields; class 1 has a bright opacity in the right lung field
-    (image left), the region Grad-CAM should light. Geometry and exposure vary per image, so
-    that no two images are near-duplicates."""
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    dx, dy = rng.uniform(-0.05, 0.05, 2)
-    spread = rng.uniform(0.06, 0.12)
-    body = rng.uniform(50, 90) + 40 * np.exp(-((xx - 0.5 - dx) ** 2) / spread)
-    lung_w, lung_h = rng.uniform(0.09, 0.14), rng.uniform(0.2, 0.3)
-    lungs = (np.exp(-(((xx - 0.3 - dx) / lung_w) ** 2 + ((yy - 0.5 - dy) / lung_h) ** 2))
-             + np.exp(-(((xx - 0.7 - dx) / lung_w) ** 2 + ((yy - 0.5 - dy) / lung_h) ** 2)))
-    image = body - rng.uniform(35, 55) * lungs + rng.normal(0, 8, (size, size))
-    if label == 1:
-        image += 120 * np.exp(-(((xx - 0.3 - dx) / 0.12) ** 2 + ((yy - 0.55 - dy) / 0.15) ** 2))
-    return np.clip(image, 0, 255).astype(np.uint8)
+def _load_synthetic():
+    """``benchmarks/synthetic.py``, loaded by its path: the runtime-only environments cannot import the
+    repository tools (and must not, or their tests would be collected), but the file is in the checkout."""
+    spec = importlib.util.spec_from_file_location("cxr_synthetic", REPO_ROOT / "benchmarks" / "synthetic.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def write_synthetic_folder(root: Path, per_class: int = 50, seed: int = 0, size: int = 64,
-                           patients_per_class: int = 10) -> Path:
-    """Kermany-style folder: NORMAL/IM-xxxx-yyyy.jpeg and PNEUMONIA/personN_bacteria|virus_M.jpeg."""
-    rng = np.random.default_rng(seed)
-    (root / "NORMAL").mkdir(parents=True, exist_ok=True)
-    (root / "PNEUMONIA").mkdir(parents=True, exist_ok=True)
-    for i in range(per_class):
-        patient = i % patients_per_class
-        Image.fromarray(synthetic_xray(rng, 0, size)).convert("RGB").save(
-            root / "NORMAL" / f"IM-{patient:04d}-{i:04d}.jpeg", quality=95)
-        kind = "bacteria" if i % 2 == 0 else "virus"
-        Image.fromarray(synthetic_xray(rng, 1, size)).convert("RGB").save(
-            root / "PNEUMONIA" / f"person{patient}_{kind}_{i}.jpeg", quality=95)
-    return root
+_synthetic = _load_synthetic()
+#: The one synthetic X-ray generator, shared with the benchmarks' quick mode.
+synthetic_xray, write_synthetic_folder = _synthetic.synthetic_xray, _synthetic.write_synthetic_folder
 
 
 @pytest.fixture(scope="session")

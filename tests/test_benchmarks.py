@@ -12,7 +12,7 @@ from benchmarks.heatmaps import compare_maps, top_region
 from benchmarks.projection import PI4_REFERENCE, PI5_OVER_PI4, project
 from benchmarks.timing import round_robin, speedup, summarize
 
-from conftest import HAS_TF, needs_tf
+from conftest import HAS_TF, REPO_ROOT, needs_tf
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,6 +61,26 @@ def test_projection_is_the_published_quotient_times_ours():
     assert out["rows"]["int8"]["projected_pi5_ms"] == pytest.approx(
         0.5 * factor * PI5_OVER_PI4["pi5_ms"] / PI5_OVER_PI4["pi4_ms"])
     assert "PROJECTION" in out["label"]
+
+
+def test_committed_report_re_renders_byte_identical(tmp_path):
+    """``report.md`` is a pure function of ``report.json``: the committed pair must agree."""
+    from benchmarks.report import write_markdown
+
+    results = REPO_ROOT / "benchmarks" / "results"
+    out = write_markdown(json.loads((results / "report.json").read_text(encoding="utf-8")), tmp_path / "report.md")
+    assert out.read_text(encoding="utf-8") == (results / "report.md").read_text(encoding="utf-8")
+
+
+def test_report_shows_the_task_title_and_description_from_the_spec(tmp_path):
+    from benchmarks.report import write_markdown
+
+    results = json.loads((REPO_ROOT / "benchmarks" / "results" / "report.json").read_text(encoding="utf-8"))
+    task = next(t for t in results["tasks"].values() if "error" not in t)
+    task.update(title="A title", description="What it tells apart.", populations=["adults", "children"])
+    text = write_markdown(results, tmp_path / "report.md").read_text(encoding="utf-8")
+    assert f"### {task['model']} ({task['task']}: A title)" in text
+    assert "Task: What it tells apart. Populations: adults, children." in text
 
 
 # ---------------------------------------------------------------------------------------------

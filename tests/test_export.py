@@ -40,6 +40,17 @@ def test_files_named_by_precision_and_size_with_spec(tiny_model_dir):
     assert len(spec["cam_weights"]) == spec["feature_map_shape"][2]
 
 
+def test_exported_spec_carries_the_task_fields_at_the_current_version(tiny_model_dir, tiny_trained):
+    from edge_runtime.spec import SPEC_VERSION
+
+    spec = json.loads((tiny_model_dir / "cxr_binary_64.spec.json").read_text())
+    trained = json.loads((tiny_trained[0] / "spec.json").read_text())
+    assert spec["spec_version"] == SPEC_VERSION
+    assert spec["title"] and spec["description"]
+    for key in ("title", "description", "populations"):
+        assert spec[key] == trained[key], key
+
+
 def test_quantization_parameters_read_from_tensors(tiny_model_dir):
     from edge_runtime.interpreter import make_interpreter
 

@@ -13,7 +13,7 @@ from edge_runtime.i18n import population_notice
 from edge_runtime.population import apply_population_check, population_dict, validate_population_check
 
 ETIOLOGY_CAM = ASSETS / "cxr_etiology_160_int8_cam.tflite"
-ADULT_FILMS = SHARED_DATA / "adult_cxr" / "NORMAL"
+ADULT_FILMS = SHARED_DATA / "covid19" / "COVID19"  # adults from a source the check was never fitted on
 CHILD_FILMS = SHARED_DATA / "fullres_sample" / "NORMAL"
 
 
@@ -101,7 +101,7 @@ def test_the_shipped_etiology_check_flags_adult_films_and_passes_children():
     classifier = Classifier(ETIOLOGY_CAM, ClassifierOptions(quality_gate=False))
     if not classifier.checks_population:
         pytest.skip("the shipped etiology spec carries no population_check yet")
-    adults = sorted(ADULT_FILMS.glob("*"))[:20]
+    adults = sorted(ADULT_FILMS.glob("*"))[::180][:20]  # spread over the folder
     children = sorted(CHILD_FILMS.glob("*"))
     flagged_adults = np.mean([classifier.classify(p).population["outside"] for p in adults])
     flagged_children = np.mean([classifier.classify(p).population["outside"] for p in children])

@@ -49,17 +49,20 @@ def test_etiology_labels_come_from_file_names(tmp_path):
         assert labels[s.label] == expected
 
 
-def test_covid_class_draws_on_two_folders(tmp_path):
+def test_covid_classes_draw_on_several_folders(tmp_path):
     write_synthetic_folder(tmp_path / "chest_xray" / "train", per_class=4)
-    for sub in ("COVID19", "NORMAL_ADULT"):
-        (tmp_path / "covid19" / sub).mkdir(parents=True)
+    for sub in ("covid19/COVID19", "covid19/NORMAL_ADULT", "adult_cxr/NORMAL", "adult_cxr/PNEUMONIA"):
+        (tmp_path / sub).mkdir(parents=True)
         for i in range(3):
-            Image.new("L", (40, 40), 30 * i).save(tmp_path / "covid19" / sub / f"{sub}-{i}.png")
+            Image.new("L", (40, 40), 30 * i).save(tmp_path / sub / f"{sub.split('/')[1]}-{i}.png")
     samples = list_samples(tmp_path, TASKS["covid"])
     labels = TASKS["covid"].labels
     normal = [s.relpath for s in samples if labels[s.label] == "NORMAL"]
     assert any(p.startswith("chest_xray/train/NORMAL/") for p in normal)
     assert any(p.startswith("covid19/NORMAL_ADULT/") for p in normal)
+    assert any(p.startswith("adult_cxr/NORMAL/") for p in normal)
+    pneumonia = [s for s in samples if labels[s.label] == "PNEUMONIA"]
+    assert {s.population for s in pneumonia} == {"adults", "children"}  # adult non-COVID pneumonia (issue 9)
     assert sum(labels[s.label] == "COVID19" for s in samples) == 3
 
 

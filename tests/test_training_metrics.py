@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edge_runtime.classifier import decide
 from edge_runtime.spec import ModelSpec
-from training.metrics import binary_metrics, choose_threshold, decide, evaluate_predictions
+from training.metrics import binary_metrics, choose_threshold, evaluate_predictions
 
 
 def test_binary_metrics_match_hand_computation():

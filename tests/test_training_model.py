@@ -21,6 +21,14 @@ def test_two_class_training_learns_and_writes_its_outputs(tiny_trained):
     spec = json.loads((out / "spec.json").read_text())
     assert 0 < spec["threshold"] < 1 and spec["training"]["seed"] == 0
     assert spec["training"]["command"].startswith("(called from Python")  # not the test runner's argv
+    # The task's own fields travel in the spec; the populations are those the run saw (the synthetic
+    # folder-per-class root mixes none it can name), as in the training record.
+    from edge_runtime.spec import SPEC_VERSION
+    from training.data import TASKS
+
+    assert spec["spec_version"] == SPEC_VERSION
+    assert (spec["title"], spec["description"]) == (TASKS["binary"].title, TASKS["binary"].description)
+    assert spec["populations"] == spec["training"]["populations"]
     report = json.loads((out / "validation.json").read_text())
     assert report["screening"]["at_threshold"]["sensitivity"] >= 0.95
 
@@ -33,6 +41,15 @@ def test_model_is_small_and_ends_in_gap_dense():
     assert model.get_layer(FEATURE_LAYER).output.shape[1:3] == (10, 10)
     assert model.get_layer(CLASSIFIER_LAYER).get_weights()[0].shape[1] == 3
     assert model.inputs[0].dtype == "uint8"
+
+
+def test_default_input_size_is_the_shipped_models_one():
+    from training.data import INPUT_SIZE
+    from training.model import build_model
+    from training.train import TrainConfig
+
+    assert INPUT_SIZE == TrainConfig().input_size == 160
+    assert tuple(build_model(2).inputs[0].shape[1:3]) == (INPUT_SIZE, INPUT_SIZE)
 
 
 def test_gradcam_range_shape_and_focus(tiny_trained):

@@ -216,3 +216,14 @@ def test_a_row_without_a_proper_digest_gets_the_placeholder(make_client, tmp_pat
     assert page.status_code == 200 and 'class="thumb-placeholder"' in page.get_data(as_text=True)
     assert "Pneumonia type (normal / bacterial / viral)" in page.get_data(as_text=True)
     assert client.get("/api/v1/history").get_json()["items"][0]["has_thumbnail"] is False
+
+
+def test_bare_population_codes_show_the_task_sentence():
+    from edge_runtime.i18n import population_text
+    from edge_runtime.spec import ModelSpec
+
+    spec = ModelSpec(name="cxr_binary_160", task="binary", labels=("NORMAL", "PNEUMONIA"),
+                     populations=("adults", "children"))
+    assert "Guangzhou" in population_text(spec) and "adults; children" not in population_text(spec)
+    assert "Canton" in population_text(spec, language="fr")
+    assert population_text(spec.replace(populations=("Adults in Lagos",))) == "Adults in Lagos"

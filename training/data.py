@@ -20,7 +20,13 @@ from edge_runtime.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
 
+# To be replaced by the runtime's one definition once edge_runtime has it (issue 12): today
+# edge_runtime/cli.py keeps its own list, which also reads ".dicom".
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".webp")
+
+#: Side of the square model input of every shipped model: the default of training, of
+#: ``training.model.build_model`` and of the benchmarks' file names.
+INPUT_SIZE = 160
 
 
 class DataError(CxrError):
@@ -43,19 +49,58 @@ class Source:
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    """A class map: each label draws on one or more sources below a data root."""
+    """Everything the project knows about one task, in one definition.
+
+    ``title``, ``description`` and the populations of its sources travel in the model's spec
+    (training writes them into ``spec.json``, export copies them, the runtime, the model card and
+    the benchmarks read them from there); ``credits`` and ``limits`` go into its model card.
+    ``TASKS`` lists the tasks in display order.
+    """
 
     name: str
     classes: dict  # label -> tuple[Source, ...], in output order
     default_data: str  # relative to the shared data folder
-    description: str = ""
+    title: str = ""  # short, for people: the web menu, reports, ``history``
+    description: str = ""  # what the model tells apart and from which data
+    credits: tuple[str, ...] = ()  # data credit lines of the model card
+    limits: tuple[str, ...] = ()  # task-specific "known limits" of the model card
+    #: Folders below the data root holding films of a source the task never trains on, reported as
+    #: what the model calls them (binary: COVID-19 films from other hospitals, all positive).
+    unseen_sources: tuple[str, ...] = ()
 
     @property
     def labels(self) -> tuple[str, ...]:
         return tuple(self.classes)
 
+    @property
+    def populations(self) -> tuple[str, ...]:
+        """The populations its sources show (``adults``, ``children``), sorted; ``unknown`` left out."""
+        return tuple(sorted({s.population for sources in self.classes.values() for s in sources} - {"unknown"}))
+
+    def spec_fields(self, populations: Sequence[str] | None = None) -> dict:
+        """The spec fields this task defines: ``title``, ``description``, ``populations``.
+
+        Args:
+            populations: The populations actually trained on (default: those of the task's sources).
+        """
+        return {"title": self.title, "description": self.description,
+                "populations": tuple(self.populations if populations is None else populations)}
+
 
 KERMANY = "chest_xray/train"
+
+KERMANY_CREDIT = (
+    "Kermany D., Zhang K., Goldbaum M. (2018), \"Labeled Optical Coherence Tomography (OCT) and Chest X-Ray Images "
+    "for Classification\", Mendeley Data v2, doi:10.17632/rscbjbr9sj.2, CC BY 4.0; paper: Kermany et al., Cell "
+    "172(5):1122-1131 (2018).")
+COVID_CREDIT = (
+    "COVID-19 Radiography Database: Chowdhury et al., IEEE Access 8:132665 (2020); Rahman et al., Comput. Biol. "
+    "Med. 132:104319 (2021); adult normals originally from RSNA / NIH ChestX-ray14. Research use; the original "
+    "sources' terms apply.")
+ADULT_CREDIT = (
+    "Adult pneumonia / lung opacity and adult normal films: the \"Infection Segmentation Data\" subset of COVID-QU-Ex "
+    "(Tahir et al., Comput. Biol. Med. 139:105002, 2021; Qatar University and University of Dhaka), mostly from RSNA / "
+    "NIH ChestX-ray14; lung masks from the same source. Research use; the original sources' terms apply.")
 
 TASKS: dict[str, Task] = {
     # Children and adults. COVID-19 films stay out of PNEUMONIA on purpose: all of them come from
@@ -72,8 +117,19 @@ TASKS: dict[str, Task] = {
                           Source("adult_cxr/PNEUMONIA", population="adults")),
         },
         ".",
-        "NORMAL vs PNEUMONIA, children (Kermany, Guangzhou) and adults (RSNA / NIH via COVID-QU-Ex and the "
-        "COVID-19 Radiography Database)",
+        title="Pneumonia screening (normal / pneumonia)",
+        description="NORMAL vs PNEUMONIA on chest X-rays of children (Kermany, Guangzhou) and adults (RSNA / NIH films "
+                    "via COVID-QU-Ex and the COVID-19 Radiography Database).",
+        credits=(KERMANY_CREDIT, ADULT_CREDIT, COVID_CREDIT),
+        unseen_sources=("covid19/COVID19",),
+        limits=(
+            "Adults: the adult films come from one hospital system (RSNA / NIH), and many adult PNEUMONIA films are "
+            "portable AP films of inpatients with lines, electrodes and 'PORTABLE' markers while most adult normals "
+            "are PA outpatient films: the model may partly have learnt 'portable film' (the shift check in "
+            "shift.md renders such markers on normal films to measure it).",
+            "COVID-19 films were kept out of training (they all come from other hospitals than the adult normals, and "
+            "would teach 'another hospital means pneumonia'); what the model calls them is reported above as a "
+            "check on unseen hospitals."),
     ),
     "etiology": Task(
         "etiology",
@@ -83,7 +139,13 @@ TASKS: dict[str, Task] = {
             "VIRAL": (Source("PNEUMONIA", r"_virus_", population="children"),),
         },
         "chest_xray/train",
-        "NORMAL / BACTERIAL / VIRAL pneumonia (Kermany pediatric; etiology from file names)",
+        title="Pneumonia type (normal / bacterial / viral)",
+        description="NORMAL / BACTERIAL / VIRAL pneumonia on paediatric chest X-rays; the etiology labels come from "
+                    "the data set's file names.",
+        credits=(KERMANY_CREDIT,),
+        limits=(
+            "Bacterial and viral pneumonia are hard to tell apart on a radiograph even for radiologists; the "
+            "file-name labels are the data set's, not laboratory-confirmed per image.",),
     ),
     # Adult non-COVID pneumonia (adult_cxr) sits in PNEUMONIA and adult_cxr normals in NORMAL, so
     # "adult film" no longer means "COVID-19 or normal": the model has to tell COVID-19 from other
@@ -100,8 +162,17 @@ TASKS: dict[str, Task] = {
                           Source("adult_cxr/PNEUMONIA", population="adults")),
         },
         ".",
-        "COVID-19 / NORMAL / PNEUMONIA, children (Kermany) and adults (COVID-19 Radiography Database, "
-        "RSNA / NIH via COVID-QU-Ex); adult non-COVID pneumonia in PNEUMONIA",
+        title="COVID-19 (normal / pneumonia / COVID-19)",
+        description="COVID-19 / NORMAL / PNEUMONIA. NORMAL and PNEUMONIA mix Kermany paediatric films and adult films "
+                    "(RSNA / NIH via COVID-QU-Ex and the COVID-19 Radiography Database; adult non-COVID pneumonia in "
+                    "PNEUMONIA); COVID-19 images are adults from other hospitals.",
+        credits=(KERMANY_CREDIT, ADULT_CREDIT, COVID_CREDIT),
+        limits=(
+            "Confounder: every COVID-19 image is an adult from other hospitals, every PNEUMONIA image a child from "
+            "Guangzhou. The model can learn age or hospital instead of disease (DeGrave et al., Nat. Mach. Intell. "
+            "2021). Adult normals were mixed into NORMAL to remove the plainest shortcut (adult means COVID), but "
+            "there is no adult non-COVID pneumonia here: an adult with bacterial pneumonia may well be called "
+            "COVID-19. Do not use it to diagnose COVID-19.",),
     ),
 }
 
@@ -169,10 +240,10 @@ def resolve_task(task: Task, root: str | Path) -> Task:
     root = Path(root)
     if all((root / label).is_dir() for label in task.labels):
         populations = {label: {s.population for s in sources} for label, sources in task.classes.items()}
-        return Task(task.name, {
+        return dataclasses.replace(task, classes={
             label: (Source(label, population=next(iter(populations[label])) if len(populations[label]) == 1
                            else "unknown"),)
-            for label in task.labels}, ".", task.description)
+            for label in task.labels}, default_data=".")
     return task
 
 

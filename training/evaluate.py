@@ -12,7 +12,9 @@ import numpy as np
 
 from edge_runtime.spec import ModelSpec
 
-from .data import TASKS, DataError, Source, Task, load_dataset, resolve_task
+from .data import TASKS, DataError, Source, Task, load_dataset, load_split, resolve_task
+from .report import write_report
+from .train import predict_probs
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +45,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import keras
 
-    from .data import load_split
-    from .metrics import by_source, evaluate_predictions
-    from .report import write_report
-    from .train import predict_probs
+    from .metrics import by_source, evaluate_predictions  # scikit-learn
 
     spec_path = args.model.parent / "spec.json"
     try:

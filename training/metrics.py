@@ -5,12 +5,9 @@ from __future__ import annotations
 import numpy as np
 from sklearn import metrics as skm
 
+# The screening score (1 - P(negative)) and the decision rule are the runtime's: one rule everywhere.
 from edge_runtime.classifier import decide, screening_score
 from edge_runtime.spec import ModelSpec
-
-
-#: Screening score (1 - P(negative)) and the decision rule come from the runtime: one rule everywhere.
-positive_score = screening_score
 
 
 def choose_threshold(y_true: np.ndarray, probs: np.ndarray, negative_index: int,
@@ -20,7 +17,7 @@ def choose_threshold(y_true: np.ndarray, probs: np.ndarray, negative_index: int,
     The largest such threshold gives the best specificity at that sensitivity.
     """
     positive = (np.asarray(y_true) != negative_index).astype(int)
-    score = positive_score(probs, negative_index)
+    score = screening_score(probs, negative_index)
     if positive.min() == positive.max():
         raise ValueError("choose_threshold needs both normal and abnormal examples")
     fpr, tpr, thresholds = skm.roc_curve(positive, score, drop_intermediate=False)
@@ -83,7 +80,7 @@ def evaluate_predictions(y_true: np.ndarray, probs: np.ndarray, spec: ModelSpec,
     neg = spec.negative_index
     threshold = spec.threshold if threshold is None else float(threshold)
     positive = (y_true != neg).astype(int)
-    score = positive_score(probs, neg)
+    score = screening_score(probs, neg)
     both = positive.min() != positive.max()
     auc = float(skm.roc_auc_score(positive, score)) if both else float("nan")
     low, high = bootstrap_auc(positive, score, n_boot=n_boot, seed=seed) if both else (float("nan"),) * 2

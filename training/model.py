@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from .data import INPUT_SIZE
+
 #: Name of the last feature map; CAM and Grad-CAM read it.
 FEATURE_LAYER = "features"
 #: Name of the dense softmax layer whose weights turn the feature map into a CAM.
@@ -20,7 +22,7 @@ def _scaled(filters: int, width: float) -> int:
 
 def build_model(
     num_classes: int,
-    input_size: tuple[int, int] = (128, 128),
+    input_size: tuple[int, int] = (INPUT_SIZE, INPUT_SIZE),
     width: float = 1.0,
     dropout: float = 0.3,
     weight_decay: float = 1e-4,

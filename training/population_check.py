@@ -55,6 +55,19 @@ def population_task() -> Task:
     )
 
 
+def split_prefix(spec: ModelSpec, data_root: Path) -> str:
+    """What to put before a split's paths to make them relative to ``data_root`` (``chest_xray/train/`` for a
+    model trained on the Kermany folder, nothing for one trained on the data root)."""
+    from .train import REPO_ROOT
+
+    trained_on = (REPO_ROOT / spec.training.get("data", "")).resolve()
+    try:
+        relative = trained_on.relative_to(Path(data_root).resolve()).as_posix()
+    except ValueError:
+        return ""
+    return "" if relative in ("", ".") else relative + "/"
+
+
 def feature_extractor(model):
     """A Keras model from the classifier's input to its global-average-pooled features."""
     import keras
@@ -109,9 +122,9 @@ def run(model_path: Path, data_root: Path, cache_dir: Path | None = None, seed: 
     sources = np.array([s.source for s in dataset.samples])
     is_adult = dataset.labels == 1
 
-    # Children: the sides of the model's own split (its relpaths are relative to chest_xray/train).
+    # Children: the sides of the model's own split, whose paths are relative to the folder it was trained on.
     split = json.loads((train_dir / "split.json").read_text(encoding="utf-8"))
-    prefix = "chest_xray/train/"
+    prefix = split_prefix(spec, data_root)
     child_train = {prefix + p for p in split["train"]}
     child_held = {prefix + p for p in split.get("val", []) + split.get("calibration", [])}
     fit_child = np.flatnonzero(~is_adult & np.isin(relpaths, list(child_train)))

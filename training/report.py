@@ -7,9 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.classifier import screening_score
 from edge_runtime.spec import ModelSpec
 
-from .metrics import positive_score
+from .train import predict_probs
+
+# Keras (.model) and scikit-learn (.metrics) load inside the functions that use them.
 
 
 def _fmt(value) -> str:
@@ -100,7 +103,7 @@ def write_report(result: dict, out_dir: str | Path, prefix: str, title: str, y_t
                    f"{title}\n(threshold {spec.threshold:.3f})")
     positive = (np.asarray(y_true) != spec.negative_index).astype(int)
     if positive.min() != positive.max():
-        plot_roc({spec.name: (positive, positive_score(probs, spec.negative_index))}, paths["roc"], title)
+        plot_roc({spec.name: (positive, screening_score(probs, spec.negative_index))}, paths["roc"], title)
     return {k: str(v) for k, v in paths.items()}
 
 
@@ -191,7 +194,6 @@ def write_validation_reports(model, dataset, spec: ModelSpec, out_dir: Path, sid
             what the model called them.
     """
     from .metrics import by_source, evaluate_predictions
-    from .train import predict_probs
 
     results = {}
     unseen_calls = {}

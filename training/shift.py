@@ -34,6 +34,7 @@ from edge_runtime.imaging import load_image, preprocess, to_luminance
 from edge_runtime.spec import ModelSpec
 
 from .data import DataError, list_samples
+from .evaluate import task_for_folder
 
 logger = logging.getLogger(__name__)
 
@@ -349,7 +350,6 @@ def split_items(split_path: str | Path, data_root: str | Path, spec: ModelSpec, 
     Raises:
         DataError: the split's labels differ from the model's, or it names files the data root lacks.
     """
-    from .evaluate import task_for_folder
 
     data_root = Path(data_root)
     payload_labels = json.loads(Path(split_path).read_text(encoding="utf-8")).get("labels")

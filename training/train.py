@@ -17,9 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.classifier import screening_score
 from edge_runtime.spec import ModelSpec
 
-from .data import TASKS, DataError, check_no_leak, load_dataset, save_split, split_indices
+from .augment import AugmentConfig, augment_batch
+from .data import (INPUT_SIZE, TASKS, DataError, Source, Task, check_no_leak, load_dataset, load_masks,
+                   load_split_sides, save_split, split_halves, split_indices)
+
+# TensorFlow/Keras (through .model), scikit-learn (.metrics) and matplotlib (.report) load inside the
+# functions that need them, so that --help and the helpers export and the benchmarks use stay light.
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +40,7 @@ class TrainConfig:
     task: str = "binary"
     data: str = ""
     out: str = ""
-    input_size: int = 160
+    input_size: int = INPUT_SIZE
     width: float = 1.0
     epochs: int = 24
     batch_size: int = 32
@@ -159,10 +165,8 @@ def screening_auc_by_population(dataset, indices: np.ndarray, probs: np.ndarray,
     """Screening ROC AUC of each population (and ``all``) that has both classes."""
     from sklearn.metrics import roc_auc_score
 
-    from .metrics import positive_score
-
     positive = (dataset.labels[indices] != neg).astype(int)
-    score = positive_score(probs, neg)
+    score = screening_score(probs, neg)
     pops = np.array([dataset.samples[i].population for i in indices])
     out = {}
     for pop in sorted(set(pops.tolist())) + ["all"]:
@@ -193,7 +197,6 @@ class _Trainer:
         import keras
         import tensorflow as tf
 
-        from .augment import AugmentConfig, augment_batch
         from .model import CLASSIFIER_LAYER, FEATURE_LAYER
 
         self.model, self.config = model, config
@@ -295,17 +298,10 @@ class _Trainer:
         return raw
 
 
-#: Per task: folders below the data root holding films of a source the task never trains on,
-#: reported as what the model calls them (binary: COVID-19 films from other hospitals, all positive).
-UNSEEN_SOURCES = {"binary": ("covid19/COVID19",)}
-
-
-def unseen_planes(config: TrainConfig, task, spec: ModelSpec) -> dict:
-    """Decoded planes of the task's never-trained-on folders present under the data root."""
-    from .data import Source, Task
-
+def unseen_planes(config: TrainConfig, task: Task, spec: ModelSpec) -> dict:
+    """Decoded planes of the task's never-trained-on folders (``Task.unseen_sources``) under the data root."""
     out = {}
-    for folder in UNSEEN_SOURCES.get(task.name, ()):
+    for folder in task.unseen_sources:
         if (Path(config.data) / folder).is_dir():
             probe = Task(task.name, {label: (Source(folder),) for label in task.labels[:1]}, ".")
             probe_set = load_dataset(config.data, probe, spec, cache_dir=config.cache_dir, progress=False)
@@ -313,29 +309,9 @@ def unseen_planes(config: TrainConfig, task, spec: ModelSpec) -> dict:
     return out
 
 
-def train(config: TrainConfig) -> dict:
-    """Run one training; returns a summary dict. Writes model.keras, spec, split, report, curves."""
-    import keras
-    import tensorflow as tf
-    from sklearn.utils.class_weight import compute_class_weight
-
-    from .data import load_masks, load_split_sides, split_halves
-    from .model import build_model
-
-    if config.task not in TASKS:
-        raise DataError(f"unknown task {config.task!r}; choose one of {sorted(TASKS)}")
-    task = TASKS[config.task]
-    if config.threads:
-        tf.config.threading.set_intra_op_parallelism_threads(config.threads)
-    keras.utils.set_random_seed(config.seed)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    name = model_name(task.name, config.input_size)
-    spec = ModelSpec(name=name, task=task.name, labels=task.labels,
-                     input_height=config.input_size, input_width=config.input_size)
-
-    started = time.time()
-    dataset = load_dataset(config.data, task, spec, cache_dir=config.cache_dir)
+def make_split(config: TrainConfig, dataset) -> dict:
+    """The three sides (``train``, ``val`` picks the checkpoint, ``calibration`` the threshold): reused from
+    ``config.split`` or drawn grouped and stratified; checked for leaks and saved as ``split.json``."""
     if config.split and Path(config.split).exists():
         sides = load_split_sides(config.split, dataset)
         train_idx, val_idx = sides["train"], sides["val"]
@@ -348,47 +324,81 @@ def train(config: TrainConfig) -> dict:
     if cal_idx is not None:
         check_no_leak(dataset, train_idx, cal_idx)
         check_no_leak(dataset, val_idx, cal_idx)
-    save_split(out / "split.json", dataset, train_idx, val_idx, config.seed, calibration=cal_idx)
+    save_split(Path(config.out) / "split.json", dataset, train_idx, val_idx, config.seed, calibration=cal_idx)
     threshold_idx = cal_idx if cal_idx is not None and len(cal_idx) else val_idx
     labels = dataset.labels
-    counts = lambda idx: np.bincount(labels[idx], minlength=len(task.labels)).tolist()  # noqa: E731
+    counts = lambda idx: np.bincount(labels[idx], minlength=len(dataset.task.labels)).tolist()  # noqa: E731
     logger.info("train %d images %s, checkpoint side %d %s, threshold side %d %s (grouped by patient and "
                 "duplicate)", len(train_idx), counts(train_idx), len(val_idx), counts(val_idx),
                 len(threshold_idx), counts(threshold_idx))
+    return {"train": train_idx, "val": val_idx, "calibration": cal_idx}
 
+
+def training_masks(config: TrainConfig, dataset, train_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lung masks of the samples (``config.masks``, by default ``<data>/lung_masks``; ``none``: off)."""
     mask_root = None if (config.masks or "").lower() == "none" else (config.masks or default_mask_root(config.data))
     masks, has_mask = load_masks(dataset, mask_root)
     logger.info("lung masks for %d training images (%s)", int(has_mask[train_idx].sum()),
                 mask_root if has_mask.any() else "none found")
     if config.cam_penalty and not has_mask[train_idx].any():
         logger.info("no lung masks: the heatmap penalty is off")
+    return masks, has_mask
 
-    model = build_model(len(task.labels), spec.input_size, config.width, config.dropout, config.weight_decay,
+
+def make_trainer(config: TrainConfig, dataset, spec: ModelSpec, masks: np.ndarray, has_mask: np.ndarray,
+                 train_idx: np.ndarray) -> "_Trainer":
+    """The model (from local weights when given) inside its training loop, compiled for the whole run."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from .model import build_model
+
+    num_classes = len(spec.labels)
+    model = build_model(num_classes, spec.input_size, config.width, config.dropout, config.weight_decay,
                         config.bn_momentum)
     if config.weights:
         model.load_weights(config.weights)
         logger.info("initialised from local weights %s", config.weights)
-
     class_weight = None
     if config.balance == "none" and config.class_weighting:
-        class_weight = compute_class_weight("balanced", classes=np.arange(len(task.labels)), y=labels[train_idx])
+        class_weight = compute_class_weight("balanced", classes=np.arange(num_classes),
+                                            y=dataset.labels[train_idx])
         logger.info("class weights %s", class_weight.tolist())
+    trainer = _Trainer(model, config, dataset, masks, has_mask, num_classes, class_weight)
+    steps = max(1, (config.epoch_size or len(train_idx)) // config.batch_size)
+    trainer.compile(steps * config.epochs, steps)
+    return trainer
+
+
+def validation_logs(model, dataset, val_idx: np.ndarray, neg: int) -> tuple[float, dict]:
+    """(checkpoint metric, logs) of the model on the checkpoint side: loss, accuracy, screening AUCs."""
+    num_labels = len(dataset.task.labels)
+    val_labels = dataset.labels[val_idx]
+    probs = predict_probs(model, dataset.images[val_idx])
+    metric, aucs = checkpoint_metric(dataset, val_idx, probs, neg, num_labels)
+    onehot = np.eye(num_labels)[val_labels]
+    logs = {"val_loss": float(np.mean(-np.sum(onehot * np.log(np.clip(probs, 1e-7, 1.0)), axis=1))),
+            "val_accuracy": float(np.mean(probs.argmax(1) == val_labels)), "val_auc": metric}
+    logs.update({f"val_auc_{k}": v for k, v in aucs.items()})
+    return metric, logs
+
+
+def fit(trainer: "_Trainer", config: TrainConfig, dataset, spec: ModelSpec, train_idx: np.ndarray,
+        val_idx: np.ndarray) -> tuple[dict, int]:
+    """The epoch loop with early stopping on the checkpoint metric; leaves the best weights in the model.
+
+    Returns:
+        (history of every logged value per epoch, best epoch counted from 1).
+    """
+    from tqdm import tqdm
+
+    model = trainer.model
     probabilities = sampling_weights(dataset, train_idx, config.balance)
     epoch_size = config.epoch_size or len(train_idx)
     steps = max(1, epoch_size // config.batch_size)
-    trainer = _Trainer(model, config, dataset, masks, has_mask, len(task.labels), class_weight)
-    trainer.compile(steps * config.epochs, steps)
     rng = np.random.default_rng(config.seed)
-    neg = spec.negative_index
-    val_planes, val_labels = dataset.images[val_idx], labels[val_idx]
-    val_onehot = np.eye(len(task.labels))[val_labels]
-
     history: dict = {}
     best, best_epoch, best_weights, wait = -1.0, -1, None, 0
-    fit_started = time.time()
-    from tqdm import tqdm
-
-    bar = tqdm(range(config.epochs), desc=f"training {name}", unit="epoch", disable=not sys.stderr.isatty())
+    bar = tqdm(range(config.epochs), desc=f"training {spec.name}", unit="epoch", disable=not sys.stderr.isatty())
     for epoch in bar:
         if probabilities is None:
             order = rng.permutation(train_idx)[:epoch_size]
@@ -396,12 +406,8 @@ def train(config: TrainConfig) -> dict:
             order = rng.choice(train_idx, size=steps * config.batch_size, replace=True, p=probabilities)
         logs = trainer.run_epoch(order)
         raw = trainer.swap_in_ema()
-        probs = predict_probs(model, val_planes)
-        metric, aucs = checkpoint_metric(dataset, val_idx, probs, neg, len(task.labels))
-        logs["val_loss"] = float(np.mean(-np.sum(val_onehot * np.log(np.clip(probs, 1e-7, 1.0)), axis=1)))
-        logs["val_accuracy"] = float(np.mean(probs.argmax(1) == val_labels))
-        logs["val_auc"] = metric
-        logs.update({f"val_auc_{k}": v for k, v in aucs.items()})
+        metric, val_logs = validation_logs(model, dataset, val_idx, spec.negative_index)
+        logs.update(val_logs)
         if metric > best + 1e-4:
             best, best_epoch, wait = metric, epoch, 0
             best_weights = model.get_weights()
@@ -411,16 +417,42 @@ def train(config: TrainConfig) -> dict:
             model.set_weights(raw)
         for key, value in logs.items():
             history.setdefault(key, []).append(float(value))
+        aucs = " ".join(f"{k[8:]} {v:.4f}" for k, v in val_logs.items() if k.startswith("val_auc_"))
         logger.info("epoch %d loss %.4f cam_outside %.3f val_loss %.4f val_auc %.4f %s (best %.4f at epoch %d)",
-                    epoch + 1, logs["loss"], logs["cam_outside"], logs["val_loss"], metric,
-                    " ".join(f"{k} {v:.4f}" for k, v in aucs.items()), best, best_epoch + 1)
+                    epoch + 1, logs["loss"], logs["cam_outside"], logs["val_loss"], metric, aucs, best,
+                    best_epoch + 1)
         if wait >= config.patience:
             logger.info("early stop: no validation AUC gain for %d epochs", config.patience)
             break
-    fit_seconds = time.time() - fit_started
     model.set_weights(best_weights)
-    sides = {"train": train_idx, "val": val_idx, "calibration": cal_idx}
-    return finish(model, config, dataset, spec, sides, masks, has_mask, history, best_epoch + 1, fit_seconds, started)
+    return history, best_epoch + 1
+
+
+def train(config: TrainConfig) -> dict:
+    """Run one training; returns a summary dict. Writes model.keras, spec, split, report, curves."""
+    import keras
+    import tensorflow as tf
+
+    if config.task not in TASKS:
+        raise DataError(f"unknown task {config.task!r}; choose one of {sorted(TASKS)}")
+    task = TASKS[config.task]
+    if config.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(config.threads)
+    keras.utils.set_random_seed(config.seed)
+    Path(config.out).mkdir(parents=True, exist_ok=True)
+    spec = ModelSpec(name=model_name(task.name, config.input_size), task=task.name, labels=task.labels,
+                     input_height=config.input_size, input_width=config.input_size)
+
+    started = time.time()
+    dataset = load_dataset(config.data, task, spec, cache_dir=config.cache_dir)
+    sides = make_split(config, dataset)
+    masks, has_mask = training_masks(config, dataset, sides["train"])
+    trainer = make_trainer(config, dataset, spec, masks, has_mask, sides["train"])
+    fit_started = time.time()
+    history, best_epoch = fit(trainer, config, dataset, spec, sides["train"], sides["val"])
+    fit_seconds = time.time() - fit_started
+    return finish(trainer.model, config, dataset, spec, sides, masks, has_mask, history, best_epoch, fit_seconds,
+                  started)
 
 
 def round_to_float16(model) -> None:
@@ -462,6 +494,7 @@ def finish(model, config: TrainConfig, dataset, spec: ModelSpec, sides: dict, ma
     feature_shape = tuple(int(d) for d in model.get_layer(FEATURE_LAYER).output.shape[1:])
     populations = sorted({s.population for s in dataset.samples} - {"unknown"})
     spec = spec.replace(
+        **task.spec_fields(populations),
         threshold=threshold,
         threshold_rule=(f"largest threshold on the screening score (1 - P({spec.negative_label})) with "
                         f"sensitivity >= {config.min_sensitivity:.2f} on the {side}"),
@@ -506,15 +539,22 @@ def finish(model, config: TrainConfig, dataset, spec: ModelSpec, sides: dict, ma
     return summary
 
 
+def _default_data_help() -> str:
+    """Each task's default data root, e.g. ``../shared/data for binary and covid, ...``."""
+    roots: dict[str, list[str]] = {}
+    for task in TASKS.values():
+        roots.setdefault(task.default_data, []).append(task.name)
+    return ", ".join(f"../shared/data{'' if root == '.' else '/' + root} for {' and '.join(names)}"
+                     for root, names in roots.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(prog="python -m training train",
                                 description="Train a chest X-ray classifier from scratch on a folder-per-class data set.")
     p.add_argument("--task", choices=sorted(TASKS), default=d.task,
-                   help="binary: NORMAL/PNEUMONIA; etiology: NORMAL/BACTERIAL/VIRAL; covid: COVID19/NORMAL/PNEUMONIA")
-    p.add_argument("--data", type=Path, default=None,
-                   help="data root (default: ../shared/data for binary and covid, "
-                        "../shared/data/chest_xray/train for etiology)")
+                   help="; ".join(f"{task.name}: {'/'.join(task.labels)}" for task in TASKS.values()))
+    p.add_argument("--data", type=Path, default=None, help=f"data root (default: {_default_data_help()})")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: android_assets/training/cxr_<task>_<size>)")
     p.add_argument("--input-size", type=int, default=d.input_size, help="square input size in pixels")
