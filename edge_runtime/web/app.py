@@ -16,11 +16,11 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from ..classifier import Classifier, ClassifierOptions
 from ..errors import ApiError, CxrError, ModelError
 from ..log import ScreeningLog
+from .api import api
 from .camera import FrameTaker, detect_camera
 from .config import WebConfig, is_loopback
-from .api import api
-from .registry import ModelEntry, ModelRegistry, discover_models
 from .pages import pages
+from .registry import ModelEntry, ModelRegistry, discover_models
 from .state import STATE_KEY, WebState, get_state
 from .store import ImageStore, images_dir_for
 
