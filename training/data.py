@@ -15,18 +15,14 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from edge_runtime.errors import CxrError
-from edge_runtime.imaging import preprocess
-from edge_runtime.spec import ModelSpec
+from edge_runtime.imaging import IMAGE_SUFFIXES, preprocess  # list image files by what the runtime decodes
+from edge_runtime.spec import DEFAULT_INPUT_SIZE, ModelSpec
 
 logger = logging.getLogger(__name__)
 
-# To be replaced by the runtime's one definition once edge_runtime has it (issue 12): today
-# edge_runtime/cli.py keeps its own list, which also reads ".dicom".
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".webp")
-
 #: Side of the square model input of every shipped model: the default of training, of
-#: ``training.model.build_model`` and of the benchmarks' file names.
-INPUT_SIZE = 160
+#: ``training.model.build_model`` and of the benchmarks' file names (the spec's default too).
+INPUT_SIZE = DEFAULT_INPUT_SIZE
 
 
 class DataError(CxrError):
