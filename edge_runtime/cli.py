@@ -807,7 +807,7 @@ def cmd_receive(args) -> int:
         node = StorageNode(classifier, log, ae_title=args.ae_title, host=args.host, port=args.port,
                            allow=parse_allow(args.allow), forward=forward, reference_from=args.reference_from,
                            heatmap_dir=args.heatmap, alpha=args.alpha,
-                           title=model_title(classifier.spec.name, classifier.spec.task), on_outcome=show)
+                           title=classifier.spec.title or model_title(classifier.spec.name, classifier.spec.task), on_outcome=show)
         node.start()
     except DicomNodeError as err:
         classifier.close()

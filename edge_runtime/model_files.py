@@ -19,7 +19,8 @@ DEFAULT_PRECISION = "int8"
 #: The model the command line uses when none is named.
 DEFAULT_MODEL = "binary"
 
-#: What each task's model answers: its title on the page, in reports and in ``history``.
+#: Titles of the shipped tasks, for log rows whose model is not loaded and for specs older than version 2
+#: (a spec's own ``title``, written by training from ``training.data.TASKS``, comes first).
 TASK_TITLES = {
     "binary": "Pneumonia screening (normal / pneumonia)",
     "etiology": "Pneumonia type (normal / bacterial / viral)",

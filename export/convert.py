@@ -8,6 +8,8 @@ from typing import Iterable
 
 import numpy as np
 
+from edge_runtime.errors import CxrError
+
 logger = logging.getLogger(__name__)
 
 #: Calibration set size bounds: fewer is an error, fewer than the second a warning.
@@ -15,8 +17,10 @@ MIN_CALIBRATION = 50
 RECOMMENDED_CALIBRATION = 300
 
 
-class ExportError(Exception):
+class ExportError(CxrError):
     """Conversion or its checks failed; the message says what to change."""
+
+    code = "export_error"
 
 
 def feature_layer_output(model):

@@ -38,7 +38,7 @@ class ModelEntry:
 
     @property
     def title(self) -> str:
-        return TASK_TITLES.get(self.spec.task, self.spec.name)
+        return self.spec.title or TASK_TITLES.get(self.spec.task, self.spec.name)
 
     @property
     def file_sha256(self) -> str | None:
