@@ -380,7 +380,8 @@ def open_camera(args):
 
 
 def _row(result, path: str, heatmap, row_id) -> dict:
-    data = {"path": path, "status": "classified", **record_json(result)}
+    data = {"path": path, "status": "classified", **record_json(result),
+            "validated_populations": list(getattr(result, "validated_populations", None) or ())}
     notice = population_notice(DEFAULT_LANGUAGE, getattr(result, "population", None))
     if notice:
         data["population_notice"] = notice

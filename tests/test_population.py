@@ -107,3 +107,17 @@ def test_the_shipped_etiology_check_flags_adult_films_and_passes_children():
     flagged_children = np.mean([classifier.classify(p).population["outside"] for p in children])
     assert flagged_adults >= 0.8, flagged_adults
     assert flagged_children <= 0.2, flagged_children
+
+
+@needs_etiology
+@pytest.mark.skipif(not ADULT_FILMS.is_dir(), reason="real films not found")
+def test_the_cli_json_row_carries_the_check_and_the_validated_populations(tmp_path, capsys):
+    from edge_runtime.cli import main
+
+    adult = sorted(ADULT_FILMS.glob("*"))[0]
+    code = main(["classify", "--no-log", "--json", "--model", "etiology", str(adult)])
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and row["validated_populations"] == ["children"]
+    assert set(row["population_check"]) == {"expected", "other", "score", "outside"}
+    if row["population_check"]["outside"]:
+        assert "children only" in row["population_notice"]
