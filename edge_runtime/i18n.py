@@ -119,8 +119,11 @@ def population_text(spec: Any, spec_path: str | Path | None = None, language: st
             words = ""
     if words:
         return words
-    key = _POPULATION_KEYS.get(str(getattr(spec, "task", "")), "population.unknown")
-    return translate(language, key)
+    task = str(getattr(spec, "task", ""))
+    codes = [str(c) for c in (getattr(spec, "populations", None) or ()) if str(c) in POPULATION_CODES]
+    if task not in _POPULATION_KEYS and codes:  # a task without a catalog sentence: its codes, translated
+        return "; ".join(population_group(language, code) for code in codes)
+    return translate(language, _POPULATION_KEYS.get(task, "population.unknown"))
 
 
 def population_group(language: str, group: str) -> str:

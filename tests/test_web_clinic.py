@@ -227,3 +227,12 @@ def test_bare_population_codes_show_the_task_sentence():
     assert "Guangzhou" in population_text(spec) and "adults; children" not in population_text(spec)
     assert "Canton" in population_text(spec, language="fr")
     assert population_text(spec.replace(populations=("Adults in Lagos",))) == "Adults in Lagos"
+
+
+def test_a_new_task_with_population_codes_names_them():
+    from edge_runtime.i18n import population_text
+    from edge_runtime.spec import ModelSpec
+
+    spec = ModelSpec(name="cxr_tb_160", task="tb", labels=("NORMAL", "TB"), populations=("adults",))
+    assert population_text(spec) == "adults" and population_text(spec, language="fr") == "adultes"
+    assert "Not stated" in population_text(spec.replace(populations=()))
