@@ -60,6 +60,17 @@ def _film(cls: str) -> Path:
     return sorted((FULLRES / cls).glob("*.jpeg"))[0]
 
 
+def _download_pdf_text(page, name: str) -> str:
+    """Click the PDF button, keep the file in test-artifacts/, return its text on one line."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    with page.expect_download() as info:
+        page.click("#download-pdf")
+    saved = ARTIFACTS / name
+    info.value.save_as(str(saved))
+    text = " ".join(p.extract_text() for p in pypdf.PdfReader(io.BytesIO(saved.read_bytes())).pages)
+    return text.replace("\n", " ")
+
+
 def test_plain_result_reference_and_pdf_download(browser, server):
     from playwright.sync_api import expect
 
@@ -83,12 +94,7 @@ def test_plain_result_reference_and_pdf_download(browser, server):
         ARTIFACTS.mkdir(exist_ok=True)
         page.evaluate("window.scrollTo(0, 0)")
         page.screenshot(path=str(ARTIFACTS / "web-clinic-result.png"), full_page=True)
-        with page.expect_download() as info:
-            page.click("#download-pdf")
-        saved = ARTIFACTS / "web-clinic-report.pdf"
-        info.value.save_as(str(saved))
-        text = " ".join(p.extract_text() for p in pypdf.PdfReader(io.BytesIO(saved.read_bytes())).pages)
-        text = text.replace("\n", " ")
+        text = _download_pdf_text(page, "web-clinic-report.pdf")
         assert plain.inner_text() in text and "CLINIC-2024-0042" in text and "Not a medical device" in text
         assert "Guangzhou" in text
         row_id = int(page.locator("#result-id").inner_text())
@@ -219,12 +225,7 @@ def test_an_adult_film_on_the_children_only_model_carries_the_notice_to_page_and
         expect(page.locator("#warnings")).to_be_hidden()  # shown once, not twice
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "web-clinic-out-of-population.png"), full_page=True)
-        with page.expect_download() as info:
-            page.click("#download-pdf")
-        saved = ARTIFACTS / "web-clinic-out-of-population.pdf"
-        info.value.save_as(str(saved))
-        text = " ".join(p.extract_text() for p in pypdf.PdfReader(io.BytesIO(saved.read_bytes())).pages)
-        assert "children only" in text.replace("\n", " ")
+        assert "children only" in _download_pdf_text(page, "web-clinic-out-of-population.pdf")
         row = server.app.extensions["cxr_edge"].log.get(int(page.locator("#result-id").inner_text()))
         assert row["population"]["outside"] is True
 
