@@ -58,6 +58,8 @@ logger = logging.getLogger("cxr_edge")
 
 #: Exit codes (also in ``--help``).
 EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: The reader of stdout went away (a pipe into `head`): 128 + SIGPIPE, as shells report it.
+EXIT_BROKEN_PIPE = 141
 
 #: Errors after which nothing more can be classified: they end the command with exit code 2.
 FATAL_ERRORS = (ModelError, RuntimeUnavailableError, LogError, CameraError, StorageError)
@@ -70,6 +72,7 @@ exit codes:
   1    some inputs could not be classified (unreadable, or not a chest X-ray); the others were
   2    usage error, or the model, runtime, camera, screening log or output folder could not be used
   130  interrupted (Ctrl+C)
+  141  the output was closed early (a pipe into `head`): stopped quietly
 
 environment:
   CXR_MODELS   folder of shipped models (*.tflite with their *.spec.json)
@@ -901,6 +904,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("interrupted")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`cxr-edge history | head`): stop quietly, as SIGPIPE would
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush does not fail again
+        return EXIT_BROKEN_PIPE
     except CxrError as err:  # model, runtime, log or camera: nothing can be classified
         _err(f"error: {err}")
         return EXIT_ERROR

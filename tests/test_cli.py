@@ -519,3 +519,21 @@ def test_each_command_offers_only_options_it_reads():
         if dests - used:
             unread[command] = sorted(dests - used)
     assert not unread
+
+
+def test_a_closed_pipe_ends_the_cli_quietly(tmp_path):
+    """`cxr-edge history | head`: the reader goes away; no traceback, exit 141 (128 + SIGPIPE)."""
+    import subprocess
+    import sys
+
+    from edge_runtime.log import ScreeningLog
+    from runtime_models import make_result
+
+    log_path = tmp_path / "many.db"
+    with ScreeningLog(log_path) as log:
+        for index in range(3000):
+            log.record(make_result(image_sha256=f"{index:064x}"))
+    command = f"{sys.executable} -m edge_runtime.cli history --log {log_path} --limit 3000 | head -1"
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert done.returncode in (0, 141), (done.returncode, done.stderr)
