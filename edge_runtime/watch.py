@@ -158,8 +158,10 @@ def _process(path: Path, classifier, log, processed_dir: Path | None, failed_dir
         result = classifier.classify(stream, heatmap=heatmap_dir is not None)
         heatmap_path = None
         if heatmap_dir is not None:
-            heatmap_path = save_overlay(result, Path(heatmap_dir) / heatmap_name(path.name, result.image_sha256),
-                                        alpha=alpha)
+            # Named after the input only when the log keeps identifiers (--store-identifiers), as the CLI does.
+            identifiers = bool(getattr(log, "store_patient_ids", False))
+            heatmap_path = save_overlay(
+                result, Path(heatmap_dir) / heatmap_name(path.name, result.image_sha256, identifiers), alpha=alpha)
     except StorageError:
         raise  # the disk, not the file: stop, and the file is tried again after a restart
     except CxrError as err:

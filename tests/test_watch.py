@@ -307,3 +307,14 @@ def test_a_failed_file_that_becomes_complete_is_examined_again(tmp_path, log):
     assert (tmp_path / "done" / "late.png").read_bytes() == data
     assert not (tmp_path / "failed" / ("late.png" + ERROR_SUFFIX)).exists()
     assert log.count() == 1
+
+
+def test_heatmaps_are_named_after_the_input_only_when_the_log_keeps_identifiers(tmp_path):
+    from edge_runtime.log import ScreeningLog
+
+    for keep in (False, True):
+        inbox = tmp_path / f"inbox-{keep}"
+        png(inbox / "Doe_John.png", 1)
+        with ScreeningLog(tmp_path / f"log-{keep}.db", store_patient_ids=keep) as log:
+            outcome, = run_once(inbox, StubClassifier(), log, heatmap_dir=tmp_path / f"maps-{keep}")
+        assert ("Doe_John" in outcome.heatmap_path.name) is keep
