@@ -521,8 +521,24 @@ def prepare_speed_candidates(args, assets: Path, cache_dir: Path, results: dict)
             peers_info.append(prepare_peer(name, cache_dir / "benchmarks"))
         if not args.quick:
             peers_info.append(prepare_peer(REFERENCE.name, cache_dir / "benchmarks", int8=False))
-    results["peers"] = [p for p in peers_info if not p.get("reference_only")]
+    results["peers"] = [_recorded_peer(p, cache_dir) for p in peers_info if not p.get("reference_only")]
     return models, speed_models, peers_info
+
+
+def _recorded_peer(peer: dict, cache_dir: Path) -> dict:
+    """A peer as the report records it: its files relative to the cache folder (``<cache>/...``), so the
+    committed report names no machine; the in-process record keeps the absolute paths the timing needs."""
+    root = Path(cache_dir).resolve()
+
+    def portable(value):
+        if isinstance(value, str) and Path(value).is_absolute():
+            try:
+                return "<cache>/" + Path(value).resolve().relative_to(root).as_posix()
+            except ValueError:
+                return portable_path(value)
+        return value
+
+    return {key: portable(value) for key, value in peer.items()}
 
 
 def section_speed(args, settings, models, speed_models: dict, peers_info: list, results: dict, out: Path) -> dict:

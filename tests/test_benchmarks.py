@@ -189,3 +189,30 @@ def test_quick_edge_process_is_tensorflow_free(quick_report):
     for target in results["targets"]:
         assert target["description"] in text
     assert "Quick (CI smoke) mode" in text
+
+
+def test_recorded_peers_name_no_machine_path(tmp_path):
+    from benchmarks.__main__ import _recorded_peer
+
+    peer = {"name": "cnn2_150", "params": 5, "keras": str(tmp_path / "benchmarks" / "peers" / "x" / "model.keras")}
+    recorded = _recorded_peer(peer, tmp_path)
+    assert recorded == {"name": "cnn2_150", "params": 5, "keras": "<cache>/benchmarks/peers/x/model.keras"}
+    assert peer["keras"].startswith(str(tmp_path))  # the timing keeps the real path
+
+
+def test_the_committed_report_names_no_absolute_path():
+    import json
+
+    from conftest import REPO_ROOT
+
+    text = (REPO_ROOT / "benchmarks" / "results" / "report.json").read_text(encoding="utf-8")
+    def strings(value):
+        if isinstance(value, dict):
+            for v in value.values():
+                yield from strings(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from strings(v)
+        elif isinstance(value, str):
+            yield value
+    assert not [s for s in strings(json.loads(text)) if s.startswith("/")]
