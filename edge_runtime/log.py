@@ -175,8 +175,8 @@ class ScreeningLog:
                                f"{SCHEMA_VERSION}: upgrade cxr-edge")
             self._conn.executescript(_SCHEMA)
             columns = [row[1] for row in self._conn.execute("PRAGMA table_info(screenings)")]
-            if len(columns) < len(COLUMNS) and tuple(columns) == COLUMNS[:len(columns)] \
-                    and len(columns) >= len(COLUMNS_V1):  # an older schema: add the columns in place, rows kept
+            older = len(COLUMNS_V1) <= len(columns) < len(COLUMNS) and tuple(columns) == COLUMNS[:len(columns)]
+            if older:  # an older schema: add the columns it lacks in place, rows kept
                 logger.info("%s: migrating the screening log from schema %d to %d", self.path, version or 1,
                             SCHEMA_VERSION)
                 self._conn.execute("BEGIN IMMEDIATE")

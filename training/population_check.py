@@ -148,10 +148,8 @@ def run(model_path: Path, data_root: Path, cache_dir: Path | None = None, seed: 
     def rates(indices):
         return {"n": int(len(indices)), "flagged_as_adult": round(flag_rate(check, feats[indices]), 4)}
 
-    by_source = {}
-    for source in sorted(set(sources[np.concatenate([val_child, val_adult, unseen_adult])])):
-        idx = np.concatenate([val_child, val_adult, unseen_adult])
-        by_source[source] = rates(idx[sources[idx] == source])
+    held_out = np.concatenate([val_child, val_adult, unseen_adult])
+    by_source = {source: rates(held_out[sources[held_out] == source]) for source in sorted(set(sources[held_out]))}
     children = rates(val_child)
     adults = rates(val_adult)
     covid = rates(unseen_adult)
