@@ -49,6 +49,18 @@ from .receive import DEFAULT_PORT as DICOM_PORT
 from .receive import ForwardTarget, StorageNode, parse_allow
 from .render import DEFAULT_ALPHA, heatmap_name, save_overlay
 from .serialize import record_json, threshold_rule
+from .service import (
+    DEFAULT_MODELS_DIR,
+    DEFAULT_STATE_DIR,
+    DEFAULT_TOKEN_FILE,
+    DEFAULT_UNIT_DIR,
+    DEFAULT_USER,
+    SERVICES,
+    ServiceConfig,
+    install_service,
+    parse_extra,
+    render_unit,
+)
 from .spec import ModelSpec, find_spec_for_model
 from .watch import DEFAULT_POLL_SECONDS, DEFAULT_SETTLE_SECONDS, watch_folder
 from .web.config import DEFAULT_HOST as WEB_HOST
@@ -201,9 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between scans (default: %(default)s)")
     p.add_argument("--settle", type=_non_negative_float, default=DEFAULT_SETTLE_SECONDS,
                    help="seconds a file must stay unchanged before it is read (default: %(default)s)")
-    p.add_argument("--grace", type=_non_negative_float, default=30.0,
+    p.add_argument("--grace", type=_non_negative_float, default=None,
                    help="a file that reads as truncated or undecodable is read again whenever it changes, and "
-                        "failed only after staying unchanged this many seconds (default: %(default)s)")
+                        f"failed only after staying unchanged this many seconds (default: {watch.GRACE_FACTOR:g} x "
+                        "--settle)")
     p.add_argument("--once", action="store_true", help="handle the files present, then exit")
     p.add_argument("--json", action="store_true", help="print one JSON object per file")
     p.set_defaults(handler=cmd_watch)
@@ -295,19 +308,19 @@ def build_parser() -> argparse.ArgumentParser:
             "'--' are passed to the command (e.g. -- --allow PACS1 for receive, the DICOM node).\n\n"
             "usage: cxr-edge install-service SERVICE [options] [-- ARGS for the command]",
             parents=())
-    p.add_argument("service", choices=("serve", "watch", "receive"), help="the command the unit starts")
+    p.add_argument("service", choices=SERVICES, help="the command the unit starts")
     p.add_argument("--folder", type=Path, metavar="DIR", help="watch: the scanner folder to watch (absolute)")
-    p.add_argument("--user", default="cxr-edge", help="account the service runs as (default: %(default)s)")
-    p.add_argument("--state-dir", type=Path, default=Path("/var/lib/cxr-edge"), metavar="DIR",
+    p.add_argument("--user", default=DEFAULT_USER, help="account the service runs as (default: %(default)s)")
+    p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
                    help="screening log and heatmaps (default: %(default)s)")
-    p.add_argument("--models-dir", type=Path, default=Path("/opt/cxr-edge/models"), metavar="DIR",
+    p.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR, metavar="DIR",
                    help="models folder, read-only to the service (default: %(default)s)")
-    p.add_argument("--token-file", type=Path, default=Path("/etc/cxr-edge/token"), metavar="FILE",
+    p.add_argument("--token-file", type=Path, default=DEFAULT_TOKEN_FILE, metavar="FILE",
                    help="serve: the web token, readable only by --user (default: %(default)s)")
     p.add_argument("--host", default="0.0.0.0", help="serve: address to listen on (default: %(default)s)")
     p.add_argument("--port", type=int,
                    help=f"serve: TCP port (default {WEB_PORT}); receive: DICOM port (default {DICOM_PORT})")
-    p.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"), metavar="DIR",
+    p.add_argument("--unit-dir", type=Path, default=DEFAULT_UNIT_DIR, metavar="DIR",
                    help="where to write the unit (default: %(default)s)")
     p.add_argument("--print", dest="print_only", action="store_true",
                    help="print the unit and change nothing")
@@ -842,8 +855,6 @@ def cmd_receive(args) -> int:
 
 def cmd_install_service(args) -> int:
     """``cxr-edge install-service``: write the systemd unit of serve, watch or receive."""
-    from .service import ServiceConfig, install_service, parse_extra, render_unit  # pwd, grp: POSIX only
-
     config = ServiceConfig(service=args.service, user=args.user, state_dir=args.state_dir.absolute(),
                            models_dir=args.models_dir.absolute(), token_file=args.token_file.absolute(),
                            folder=args.folder.absolute() if args.folder else None, host=args.host, port=args.port,

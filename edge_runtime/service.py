@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import grp
 import os
-import pwd
 import secrets
 import shlex
 import shutil
@@ -16,6 +14,12 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import ServiceError
+
+try:  # POSIX only: the CLI reads this module's defaults on every system, installing needs Linux
+    import grp
+    import pwd
+except ImportError:  # pragma: no cover - Windows
+    grp = pwd = None
 from .model_files import find_models_dir
 from .receive import DEFAULT_PORT as DICOM_PORT
 from .web.config import DEFAULT_PORT as WEB_PORT
@@ -172,6 +176,8 @@ def render_unit(config: ServiceConfig) -> str:
 
 
 def _group_exists(name: str) -> bool:
+    if grp is None:
+        return False
     try:
         grp.getgrnam(name)
     except KeyError:
@@ -276,8 +282,10 @@ def install_service(config: ServiceConfig, unit_dir: Path = DEFAULT_UNIT_DIR, *,
         ``unit`` (path), ``user_created``, ``token_created``, ``models_copied`` and the ``next`` commands.
 
     Raises:
-        ServiceError: the user is missing, or the token file is unsafe.
+        ServiceError: the user is missing, or the token file is unsafe, or this is not a POSIX system.
     """
+    if pwd is None:
+        raise ServiceError("install-service writes systemd units: run it on the Linux machine that serves")
     user_created = ensure_user(config.user, Path(config.state_dir), create_user)
     token_created = write_token_file(Path(config.token_file), config.user) if config.service == "serve" else False
     copied = copy_models(models_source or find_models_dir(), Path(config.models_dir))

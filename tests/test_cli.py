@@ -155,6 +155,26 @@ def test_watch_once(capsys, env):
     assert run(capsys, "watch", env / "nowhere", "--once")[0] == 2
 
 
+def test_watch_grace_defaults_to_the_library_rule(capsys, env, monkeypatch):
+    """Without --grace the CLI leaves the grace period to watch_folder (GRACE_FACTOR x --settle); given, it passes it."""
+    from edge_runtime import watch
+
+    seen = []
+
+    def fake_watch(folder, classifier, log, **kwargs):
+        seen.append(kwargs["grace_seconds"])
+        return iter(())
+
+    monkeypatch.setattr(cli, "watch_folder", fake_watch)
+    inbox = env / "inbox"
+    inbox.mkdir()
+    assert run(capsys, "watch", inbox, "--once", "--no-log")[0] == 0
+    assert run(capsys, "watch", inbox, "--once", "--no-log", "--grace", "7")[0] == 0
+    assert seen == [None, 7.0]
+    code, out, _ = run(capsys, "watch", "--help")
+    assert code == 0 and f"{watch.GRACE_FACTOR:g} x --settle" in " ".join(out.split())
+
+
 def test_camera_with_a_fake_source(capsys, env, monkeypatch):
     frames = [xray_like(64, 1), xray_like(64, 2)]
     monkeypatch.setattr(cli, "open_camera", lambda args: FakeFrameSource(frames))
