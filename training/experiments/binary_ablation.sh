@@ -3,6 +3,7 @@
 # Run from the repository root after the shipped binary model exists: bash training/experiments/binary_ablation.sh
 # Outputs and logs: runs/ablate/ (not committed). About 30 min on a 2-core CPU.
 # The second comparison (A3, A4) ran as: VARIANTS="A3_crop A4_width125" CROSS=0 bash training/experiments/binary_ablation.sh
+# The third (A5) as: VARIANTS="A5_size192" CROSS=0 bash training/experiments/binary_ablation.sh
 set -u
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
@@ -17,6 +18,7 @@ for seed in 0 1; do
       A2_no_augment) extra=(--no-augment) ;;
       A3_crop) extra=(--crop-augment 0.5) ;;
       A4_width125) extra=(--width 1.25) ;;
+      A5_size192) extra=(--input-size 192) ;;
     esac
     out=runs/ablate/${variant}_s${seed}
     "$PY" -m training train --task binary --data "$DATA" --epochs 8 --epoch-size 3000 --patience 8 --seed "$seed" \
