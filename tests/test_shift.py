@@ -17,6 +17,7 @@ from training.shift import (
     Item,
     image_rng,
     load_grey,
+    operating_point_drift,
     perturb,
     read_split_side,
     run_shift,
@@ -190,6 +191,7 @@ def test_cli_writes_the_three_reports(tmp_path, synthetic_data, capsys):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "## Specificity at the threshold (pooled)" in printed and "| crop_aspect |" in printed
+    assert "## Operating-point drift" in printed
     for name in ("shift.json", "shift.md", "shift.png", "shift_examples.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     result = json.loads((out / "shift.json").read_text())
@@ -206,6 +208,24 @@ def test_cli_writes_the_three_reports(tmp_path, synthetic_data, capsys):
     assert one_class["roc_auc"] is None and one_class["sensitivity"] is None and one_class["specificity"] is not None
     assert main(argv + ["--side", "test"]) == 2
     assert main(argv + ["--families", "vignette"]) == 2
+
+
+def test_operating_point_drift_sums_both_changes_at_the_strongest_severity():
+    def row(severity, sens, spec):
+        return {"severity": severity, "overall": {"sensitivity": sens, "specificity": spec}}
+
+    result = {"severities": 2, "families": {
+        "gamma_light": {"results": [row(0, 0.9, 0.8), row(1, 0.95, 0.7), row(2, 1.0, 0.5)]},
+        "blur": {"results": [row(0, 0.9, 0.8), row(1, 0.9, 0.8), row(2, 0.85, 0.9)]},
+        "one_class": {"results": [row(0, None, 0.8), row(1, None, 0.7), row(2, None, 0.6)]},  # no sensitivity
+    }}
+    drift = operating_point_drift(result)
+    assert drift["severity"] == 2 and set(drift["families"]) == {"gamma_light", "blur"}
+    assert drift["families"]["gamma_light"] == pytest.approx(0.1 + 0.3)
+    assert drift["families"]["blur"] == pytest.approx(0.05 + 0.1)
+    assert drift["mean"] == pytest.approx((0.4 + 0.15) / 2)
+    assert operating_point_drift(result, severity=1)["families"]["gamma_light"] == pytest.approx(0.05 + 0.1)
+    assert operating_point_drift({"severities": 1, "families": {}})["mean"] is None
 
 
 def test_help_is_there(capsys):

@@ -9,7 +9,7 @@ from PIL import Image
 from conftest import synthetic_xray, write_synthetic_folder
 
 pytest.importorskip("cv2")
-from training.augment import AugmentConfig, augment_batch, augment_image  # noqa: E402
+from training.augment import PRESETS, AugmentConfig, augment_batch, augment_config, augment_image  # noqa: E402
 from training.data import (TASKS, check_no_leak, load_dataset, load_masks, resolve_task, split_halves,  # noqa: E402
                            split_indices)
 from training.metrics import lung_localization  # noqa: E402
@@ -64,6 +64,20 @@ def test_augment_is_deterministic_under_a_seed():
     np.testing.assert_array_equal(a[1], b[1])
     c = augment_batch(images, masks, np.random.default_rng(10))
     assert not np.array_equal(a[0], c[0])
+
+
+def test_augmentation_presets_and_the_crop_override():
+    assert augment_config() == AugmentConfig()
+    strong = augment_config("strong")
+    assert strong == PRESETS["strong"] and strong.gamma > AugmentConfig().gamma and strong.p_crop > 0
+    assert augment_config("strong", 0.0).p_crop == 0.0 and augment_config("default", 0.5).p_crop == 0.5
+    with pytest.raises(ValueError, match="unknown augmentation preset"):
+        augment_config("wild")
+    images = np.stack([synthetic_xray(np.random.default_rng(i), i % 2, 48) for i in range(8)])
+    masks = np.ones_like(images)
+    plain = augment_batch(images, masks, np.random.default_rng(3))[0]
+    wide = augment_batch(images, masks, np.random.default_rng(3), strong)[0]
+    assert not np.array_equal(plain, wide)
 
 
 def test_binary_task_reads_children_and_adults_with_their_population(tmp_path):

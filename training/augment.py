@@ -42,6 +42,24 @@ class AugmentConfig:
     noise: float = 0.035  # largest Gaussian sigma, fraction of full scale
 
 
+#: Named ranges, chosen by ``python -m training train --augment-preset``.
+#: "strong" (issue 9 lever A6) widens the families in which the shift check moved the shipped model's
+#: operating point most: tone curves as far as gamma 2 (log-gamma 0.7), wider windows and contrast,
+#: margins up to 15% of a side, and crops to another aspect on 40% of the images.
+PRESETS = {
+    "default": AugmentConfig(),
+    "strong": AugmentConfig(gamma=0.7, contrast=0.35, p_window=0.5, p_border=0.35, border=0.15, p_crop=0.4),
+}
+
+
+def augment_config(preset: str = "default", p_crop: float | None = None) -> AugmentConfig:
+    """The named preset's ranges; ``p_crop`` (``--crop-augment``), when given, overrides its crop share."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown augmentation preset {preset!r}; choose from {', '.join(PRESETS)}")
+    cfg = PRESETS[preset]
+    return cfg if p_crop is None else dataclasses.replace(cfg, p_crop=p_crop)
+
+
 def _exposure_lut(rng: np.random.Generator, cfg: AugmentConfig, mean: float) -> np.ndarray:
     """One 256-entry table for window, gamma, contrast and brightness."""
     x = np.arange(256, dtype=np.float32) / 255.0

@@ -536,6 +536,26 @@ def run_shift(predict: Callable[[np.ndarray], np.ndarray], spec: ModelSpec, item
     })
 
 
+def operating_point_drift(result: dict, severity: int | None = None) -> dict:
+    """How far the shift moves the shipped operating point (EXPERIMENTS.md rule 5).
+
+    Per family, at ``severity`` (default: the strongest), |sensitivity - its severity-0 value| + |specificity -
+    its severity-0 value| at the run's threshold; ``mean`` over the families that have both figures. The AUC
+    can hold while this grows: the ranking survives, the threshold no longer means what the card says.
+    """
+    severity = result["severities"] if severity is None else severity
+    per_family = {}
+    for family, block in result["families"].items():
+        rows = {row["severity"]: row["overall"] for row in block["results"]}
+        base, shifted = rows[0], rows[severity]
+        parts = [abs(shifted[k] - base[k]) for k in ("sensitivity", "specificity")
+                 if shifted.get(k) is not None and base.get(k) is not None]
+        if len(parts) == 2:
+            per_family[family] = sum(parts)
+    mean = sum(per_family.values()) / len(per_family) if per_family else None
+    return {"severity": severity, "mean": mean, "families": per_family}
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Reports
 # ----------------------------------------------------------------------------------------------------------
@@ -580,6 +600,13 @@ def shift_markdown(result: dict, title: str) -> str:
     )
     for heading, getter, better in sections:
         lines += [f"## {heading}", ""] + _metric_table(result, getter, better) + [""]
+    drift = operating_point_drift(result)
+    if drift["mean"] is not None:
+        worst = max(drift["families"], key=drift["families"].get)
+        lines += ["## Operating-point drift", "",
+                  f"|sensitivity change| + |specificity change| at severity {drift['severity']}, at the threshold: "
+                  f"mean over families **{drift['mean']:.3f}**, worst {worst} {drift['families'][worst]:.3f} "
+                  "(0 = the threshold means the same on the shifted films).", ""]
     first = next(iter(result["families"].values()))["results"][0]
     for breakdown, heading in (("by_population", "By population"), ("by_source", "By source folder")):
         if breakdown not in first:

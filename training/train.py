@@ -20,7 +20,7 @@ import numpy as np
 from edge_runtime.classifier import screening_score
 from edge_runtime.spec import ModelSpec
 
-from .augment import AugmentConfig, augment_batch
+from .augment import PRESETS, augment_batch, augment_config
 from .data import (INPUT_SIZE, TASKS, DataError, Source, Task, check_no_leak, load_dataset, load_masks,
                    load_split_sides, save_split, split_halves, split_indices)
 
@@ -54,7 +54,8 @@ class TrainConfig:
     seed: int = 0
     min_sensitivity: float = 0.95
     augment: bool = True
-    crop_augment: float = 0.0  # share of images also cropped and stretched back (AugmentConfig.p_crop)
+    crop_augment: float | None = None  # share of images also cropped and stretched back (None: the preset's)
+    augment_preset: str = "default"  # training.augment.PRESETS
     balance: str = "population"  # population: equal share per (class, population); class; none
     class_weighting: bool = True  # only with balance="none"
     epoch_size: int = 6000  # images drawn per epoch (0: the size of the training side)
@@ -212,7 +213,7 @@ class _Trainer:
         self.ema = [tf.Variable(w, trainable=False) for w in model.weights] if config.ema else None
         self.step_count = tf.Variable(0.0, trainable=False)
         self.augment = augment_batch if config.augment else None
-        self.augment_config = AugmentConfig(p_crop=config.crop_augment)
+        self.augment_config = augment_config(config.augment_preset, config.crop_augment)
         self.loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing,
                                                             reduction=None)
         self.optimizer = None
@@ -576,7 +577,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", dest="augment", action="store_false", help="turn the shift augmentation off")
     p.add_argument("--crop-augment", type=float, default=d.crop_augment,
                    help="share of training images also cropped to a window of 65-100%% of each axis and stretched "
-                        "back (tighter collimation, another detector aspect)")
+                        "back (tighter collimation, another detector aspect; default: the preset's)")
+    p.add_argument("--augment-preset", choices=sorted(PRESETS), default=d.augment_preset,
+                   help="ranges of the shift augmentation: default, or strong (wider tone curves, margins and "
+                        "crops; training/augment.py PRESETS)")
     p.add_argument("--balance", choices=("population", "class", "none"), default=d.balance,
                    help="population: each (class, population) pair gets an equal share of every epoch; "
                         "class: each class; none: a plain shuffle with class weights")

@@ -4,6 +4,7 @@
 # Outputs and logs: runs/ablate/ (not committed). About 30 min on a 2-core CPU.
 # The second comparison (A3, A4) ran as: VARIANTS="A3_crop A4_width125" CROSS=0 bash training/experiments/binary_ablation.sh
 # The third (A5) as: VARIANTS="A5_size192" CROSS=0 bash training/experiments/binary_ablation.sh
+# Rule 5's (shift levers, with the shift check): VARIANTS="R1 A3_crop A6_strong" SHIFT=1 CROSS=0 bash ...
 set -u
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
@@ -19,11 +20,17 @@ for seed in 0 1; do
       A3_crop) extra=(--crop-augment 0.5) ;;
       A4_width125) extra=(--width 1.25) ;;
       A5_size192) extra=(--input-size 192) ;;
+      A6_strong) extra=(--augment-preset strong) ;;
     esac
     out=runs/ablate/${variant}_s${seed}
     "$PY" -m training train --task binary --data "$DATA" --epochs 8 --epoch-size 3000 --patience 8 --seed "$seed" \
       --split "$SPLIT" --out "$out" "${extra[@]}" > "$out.log" 2>&1
     echo "$variant seed $seed rc=$?"
+    if [ "${SHIFT:-0}" = 1 ]; then  # rule 5: the operating-point drift under the shift check
+      "$PY" -m training shift --model "$out/model.keras" --split "$SPLIT" --data "$DATA" --out "$out" \
+        --max-images 500 --bootstrap 0 --no-progress > "$out.shift.log" 2>&1
+      echo "$variant seed $seed shift rc=$?"
+    fi
   done
 done
 [ "${CROSS:-1}" = 1 ] || exit 0
