@@ -43,6 +43,57 @@ def test_model_is_small_and_ends_in_gap_dense():
     assert model.inputs[0].dtype == "uint8"
 
 
+def test_fake_quant_rounds_forward_and_passes_the_gradient_straight_through():
+    import tensorflow as tf
+
+    from training.model import ACTIVATION_STEP, FakeQuant
+
+    x = tf.Variable(np.linspace(0.0, 6.0, 1001, dtype=np.float32))
+    with tf.GradientTape() as tape:
+        y = FakeQuant()(x)
+        loss = tf.reduce_sum(y * 3.0)
+    levels = y.numpy() / ACTIVATION_STEP
+    np.testing.assert_allclose(levels, np.round(levels), atol=1e-3)
+    assert 0 < np.abs(y.numpy() - x.numpy()).max() <= ACTIVATION_STEP / 2 + 1e-6
+    np.testing.assert_allclose(tape.gradient(loss, x).numpy(), 3.0)
+
+
+def test_a_fake_quant_model_shares_the_plain_models_weights():
+    from training.model import FakeQuant, build_model, copy_weights
+
+    plain = build_model(2, (64, 64), width=0.5)
+    fq = copy_weights(plain, build_model(2, (64, 64), width=0.5, fake_quant=True))
+    assert sum(isinstance(layer, FakeQuant) for layer in fq.layers) == 17  # every ReLU6 of the stem and 8 blocks
+    assert not any(isinstance(layer, FakeQuant) for layer in plain.layers)
+    assert [w.shape for w in fq.get_weights()] == [w.shape for w in plain.get_weights()]
+    x = np.stack([synthetic_xray(np.random.default_rng(i), i % 2, 64) for i in range(4)])[..., None].repeat(3, -1)
+    a, b = plain.predict(x, verbose=0), fq.predict(x, verbose=0)
+    assert np.abs(a - b).max() < 0.2  # the same network, up to the rounding
+
+
+def test_quantization_aware_fine_tuning_of_an_earlier_model(tiny_trained, synthetic_data, tmp_path):
+    import keras
+
+    from training.model import FakeQuant
+    from training.train import TrainConfig, train
+
+    source, _ = tiny_trained
+    out = tmp_path / "qat"
+    config = TrainConfig(task="binary", data=str(synthetic_data), out=str(out), input_size=64, width=0.5, epochs=0,
+                         qat_epochs=2, batch_size=8, patience=10, bn_momentum=0.8, seed=0, augment=False, epoch_size=0,
+                         weights=str(source / "model.keras"), split=str(source / "split.json"),
+                         cache_dir=str(source.parent / "cache"), threads=2)
+    summary = train(config)
+    saved = keras.saving.load_model(out / "model.keras", compile=False)
+    assert not any(isinstance(layer, FakeQuant) for layer in saved.layers)  # what export converts is plain
+    before = keras.saving.load_model(source / "model.keras", compile=False)
+    assert any(not np.array_equal(a, b) for a, b in zip(saved.get_weights(), before.get_weights()))
+    spec = json.loads((out / "spec.json").read_text())
+    assert spec["training"]["qat_epochs"] == 2 and 1 <= spec["training"]["qat_best_epoch"] <= 2
+    assert len(json.loads((out / "history.json").read_text())["loss"]) == 2
+    assert summary["val_auc"] >= 0.9
+
+
 def test_default_input_size_is_the_shipped_models_one():
     from training.data import INPUT_SIZE
     from training.model import build_model

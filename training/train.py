@@ -62,6 +62,8 @@ class TrainConfig:
     masks: str | None = None  # lung-mask root (default: <data>/lung_masks when present; "none": off)
     cam_penalty: float = 0.5  # weight of the heatmap-outside-the-lungs penalty (images with a mask)
     ema: float = 0.998  # exponential moving average of the weights, evaluated and shipped (0: off)
+    qat_epochs: int = 0  # quantization-aware fine-tuning epochs after the main fit (int8 rounding simulated)
+    qat_learning_rate: float = 2e-4  # peak learning rate of that fine-tuning
     weights: str | None = None
     split: str | None = None
     cache_dir: str | None = None
@@ -346,8 +348,21 @@ def training_masks(config: TrainConfig, dataset, train_idx: np.ndarray) -> tuple
     return masks, has_mask
 
 
+def load_local_weights(model, path: str | os.PathLike) -> None:
+    """Weights from a local ``.weights.h5`` file or a ``model.keras`` of this architecture (copied by layer name,
+    so a plain model's weights fill a fake-quant model and back)."""
+    import keras
+
+    from .model import copy_weights
+
+    if str(path).endswith(".keras"):
+        copy_weights(keras.saving.load_model(path, compile=False), model)
+    else:
+        model.load_weights(path)
+
+
 def make_trainer(config: TrainConfig, dataset, spec: ModelSpec, masks: np.ndarray, has_mask: np.ndarray,
-                 train_idx: np.ndarray) -> "_Trainer":
+                 train_idx: np.ndarray, fake_quant: bool = False) -> "_Trainer":
     """The model (from local weights when given) inside its training loop, compiled for the whole run."""
     from sklearn.utils.class_weight import compute_class_weight
 
@@ -355,9 +370,9 @@ def make_trainer(config: TrainConfig, dataset, spec: ModelSpec, masks: np.ndarra
 
     num_classes = len(spec.labels)
     model = build_model(num_classes, spec.input_size, config.width, config.dropout, config.weight_decay,
-                        config.bn_momentum)
+                        config.bn_momentum, fake_quant=fake_quant)
     if config.weights:
-        model.load_weights(config.weights)
+        load_local_weights(model, config.weights)
         logger.info("initialised from local weights %s", config.weights)
     class_weight = None
     if config.balance == "none" and config.class_weighting:
@@ -366,8 +381,31 @@ def make_trainer(config: TrainConfig, dataset, spec: ModelSpec, masks: np.ndarra
         logger.info("class weights %s", class_weight.tolist())
     trainer = _Trainer(model, config, dataset, masks, has_mask, num_classes, class_weight)
     steps = max(1, (config.epoch_size or len(train_idx)) // config.batch_size)
-    trainer.compile(steps * config.epochs, steps)
+    trainer.compile(steps * max(1, config.epochs), steps)
     return trainer
+
+
+def quantization_aware_fine_tune(model, config: TrainConfig, dataset, spec: ModelSpec, masks: np.ndarray,
+                                 has_mask: np.ndarray, sides: dict) -> tuple[dict, int]:
+    """``config.qat_epochs`` more epochs with every ReLU6 output rounded to the int8 step (straight-through
+    gradient), so that the int8 file's decisions stop depending on the calibration draw; checkpointed on the
+    same metric, evaluated under the same rounding. Leaves the chosen weights in ``model`` (the plain one).
+
+    Returns:
+        (history of the fine-tuning epochs, its best epoch counted from 1).
+    """
+    from .model import copy_weights
+
+    qat = dataclasses.replace(config, epochs=config.qat_epochs, patience=config.qat_epochs,
+                              learning_rate=config.qat_learning_rate, seed=config.seed + 1000, weights=None)
+    trainer = make_trainer(qat, dataset, spec, masks, has_mask, sides["train"], fake_quant=True)
+    copy_weights(model, trainer.model)
+    if trainer.ema is not None:  # the average starts at the fine-tuning's starting point
+        for e, w in zip(trainer.ema, trainer.model.weights):
+            e.assign(w)
+    history, best_epoch = fit(trainer, qat, dataset, spec, sides["train"], sides["val"])
+    copy_weights(trainer.model, model)
+    return history, best_epoch
 
 
 def validation_logs(model, dataset, val_idx: np.ndarray, neg: int) -> tuple[float, dict]:
@@ -398,7 +436,7 @@ def fit(trainer: "_Trainer", config: TrainConfig, dataset, spec: ModelSpec, trai
     steps = max(1, epoch_size // config.batch_size)
     rng = np.random.default_rng(config.seed)
     history: dict = {}
-    best, best_epoch, best_weights, wait = -1.0, -1, None, 0
+    best, best_epoch, best_weights, wait = -1.0, -1, model.get_weights(), 0
     bar = tqdm(range(config.epochs), desc=f"training {spec.name}", unit="epoch", disable=not sys.stderr.isatty())
     for epoch in bar:
         if probabilities is None:
@@ -451,9 +489,15 @@ def train(config: TrainConfig) -> dict:
     trainer = make_trainer(config, dataset, spec, masks, has_mask, sides["train"])
     fit_started = time.time()
     history, best_epoch = fit(trainer, config, dataset, spec, sides["train"], sides["val"])
+    qat_best = None
+    if config.qat_epochs:
+        qat_history, qat_best = quantization_aware_fine_tune(trainer.model, config, dataset, spec, masks, has_mask,
+                                                             sides)
+        for key, values in qat_history.items():
+            history.setdefault(key, []).extend(values)
     fit_seconds = time.time() - fit_started
     return finish(trainer.model, config, dataset, spec, sides, masks, has_mask, history, best_epoch, fit_seconds,
-                  started)
+                  started, qat_best_epoch=qat_best)
 
 
 def round_to_float16(model) -> None:
@@ -469,7 +513,8 @@ def round_to_float16(model) -> None:
 
 
 def finish(model, config: TrainConfig, dataset, spec: ModelSpec, sides: dict, masks: np.ndarray,
-           has_mask: np.ndarray, history: dict, best_epoch: int, fit_seconds: float, started: float) -> dict:
+           has_mask: np.ndarray, history: dict, best_epoch: int, fit_seconds: float, started: float,
+           qat_best_epoch: int | None = None) -> dict:
     """After the loop: float16-round the chosen weights, pick the threshold on the calibration side,
     write model.keras, spec.json, the held-out reports, curves and config.json; returns the summary."""
     import keras
@@ -513,7 +558,8 @@ def finish(model, config: TrainConfig, dataset, spec: ModelSpec, sides: dict, ma
             "val_images": int(len(val_idx)),
             "calibration_images": int(len(cal_idx)) if cal_idx is not None else 0,
             "best_epoch": best_epoch,
-            "epochs_run": len(history["loss"]),
+            "epochs_run": len(history.get("loss", [])),
+            **({"qat_epochs": config.qat_epochs, "qat_best_epoch": qat_best_epoch} if config.qat_epochs else {}),
             "fit_seconds": round(fit_seconds, 1),
             "machine": f"{platform.machine()} {os.cpu_count()} CPU, Python {platform.python_version()}, "
                        f"TensorFlow {tf.__version__}, Keras {keras.__version__}",
@@ -595,7 +641,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the penalty on heatmap evidence outside the lungs (images with a mask)")
     p.add_argument("--ema", type=float, default=d.ema,
                    help="decay of the moving average of the weights that is evaluated and saved (0: off)")
-    p.add_argument("--weights", type=Path, default=None, help="local .weights.h5 file to start from")
+    p.add_argument("--qat-epochs", type=int, default=d.qat_epochs,
+                   help="quantization-aware fine-tuning epochs after the main fit: every ReLU6 output rounded to the "
+                        "int8 export's step (straight-through gradient); with --epochs 0 and --weights, fine-tunes "
+                        "an earlier model")
+    p.add_argument("--qat-learning-rate", type=float, default=d.qat_learning_rate,
+                   help="peak learning rate of the quantization-aware fine-tuning")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="local .weights.h5 file, or a model.keras of the same architecture, to start from")
     p.add_argument("--split", type=Path, default=None, help="reuse a saved split.json")
     p.add_argument("--cache-dir", type=Path, default=None, help="decoded-image cache (default ~/.cache/cxr-edge)")
     p.add_argument("--threads", type=int, default=0, help="TensorFlow intra-op threads (0: all cores)")
