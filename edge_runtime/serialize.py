@@ -15,6 +15,8 @@ from .population import population_dict
 PROBABILITY_DIGITS = 6
 #: Decimals kept of latencies and timings, in milliseconds (microseconds).
 MILLISECOND_DIGITS = 3
+#: Decimals of a threshold stated in words (the rule sentence, model cards, the .tflite metadata).
+THRESHOLD_DIGITS = 4
 
 #: The decision, in the words the log and every output use.
 POSITIVE_DECISION = "screening positive: refer to a clinician"
@@ -32,7 +34,7 @@ def threshold_rule(negative_label: str, threshold: float | None = None) -> str:
         negative_label: The model's "no finding" label.
         threshold: The model's threshold, stated when given.
     """
-    value = "" if threshold is None else f" ({float(threshold):.3f})"
+    value = "" if threshold is None else f" ({float(threshold):.{THRESHOLD_DIGITS}f})"
     return (f"score = 1 - P({negative_label}); at or above the threshold{value} means screening positive: "
             "refer to a clinician")
 

@@ -23,7 +23,7 @@ from .binding import embed_spec, write_checksums
 from .convert import ExportError, export_fp16, export_int8, quantization_debug, with_feature_output
 from .metadata_bridge import write_metadata_external
 from .model_card import write_model_card_for_run
-from .parity import compare, gate, run_tflite
+from .parity import compare, gate, gate_sentence, run_tflite
 
 # Keras (TensorFlow) loads only once a model is exported (load_run, export_model, check_parity): --help stays fast.
 
@@ -249,8 +249,7 @@ def write_parity_report(report: dict, stem: Path) -> None:
                      f"{s['decision_agreement']:.4f} | {s['auc_keras']:.4f} | {s['auc_tflite']:.4f} | "
                      f"{s['auc_delta']:+.4f} | {s['max_prob_diff']:.4f} | {cam} | "
                      f"{'pass' if not s['gate_failures'] else 'FAIL: ' + '; '.join(s['gate_failures'])} |")
-    lines += ["", "Gates: int8 top-1 agreement >= 0.995 and |delta AUC| <= 0.005; float16 agreement >= 0.999 and "
-              "|delta AUC| <= 0.005. CAM r: mean Pearson r between the edge CAM (feature-map output + dense weights) "
+    lines += ["", f"{gate_sentence()} CAM r: mean Pearson r between the edge CAM (feature-map output + dense weights) "
               "and the Keras Grad-CAM, on up to 200 validation images."]
     if report.get("quantization_debugger_worst_layers"):
         lines += ["", "Worst layers by the TFLite quantization debugger (RMSE / scale):", ""]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 from pathlib import Path
 from typing import Iterable
@@ -185,6 +187,13 @@ def check_uint8_identity_input(path: str | Path) -> None:
             "raw 0..255 pixels need uint8, scale 1, zero point 0. The calibration images must span 0..255")
 
 
+def _layer_name(tensor_name: str) -> str:
+    """``cxr_net_float_input_1/block3_pw_relu_1/Relu6;...`` -> ``block3_pw_relu``: the Keras layer of a fused tensor."""
+    first = tensor_name.split(";")[0].split("/")
+    name = first[1] if len(first) > 1 else first[0]
+    return name[:-2] if name.endswith("_1") else name
+
+
 def quantization_debug(model, calibration: np.ndarray, top: int = 5) -> list[dict]:
     """Per-layer int8 error from TFLite's quantization debugger, worst first.
 
@@ -199,10 +208,15 @@ def quantization_debug(model, calibration: np.ndarray, top: int = 5) -> list[dic
     debugger = tf.lite.experimental.QuantizationDebugger(converter=converter,
                                                          debug_dataset=_representative(calibration))
     debugger.run()
+    dump = io.StringIO()
+    debugger.layer_statistics_dump(dump)  # the CSV carries each tensor's scale; layer_statistics does not
+    dump.seek(0)
     rows = []
-    for name, stats in debugger.layer_statistics.items():
-        rows.append({"tensor": name, "rmse/scale": float(np.sqrt(stats["mean_squared_error"]) / stats["scale"])
-                     if stats.get("scale") else float("nan"),
-                     "mean_error": float(stats.get("mean_error", float("nan")))})
-    rows.sort(key=lambda r: -np.nan_to_num(r["rmse/scale"]))
+    for stats in csv.DictReader(dump):
+        scale = float(stats.get("scale") or "nan")
+        rmse = float(np.sqrt(float(stats["mean_squared_error"])))
+        rows.append({"tensor": _layer_name(stats["tensor_name"]), "op": stats.get("op_name", ""),
+                     "rmse/scale": rmse / scale if scale > 0 else float("nan"),
+                     "mean_error": float(stats.get("mean_error") or "nan")})
+    rows.sort(key=lambda r: -np.nan_to_num(r["rmse/scale"], nan=-1.0))
     return rows[:top]

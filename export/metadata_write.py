@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import ModelError
+from edge_runtime.serialize import threshold_rule
 from edge_runtime.spec import EMBEDDED_SPEC_NAME, ModelSpec
 
 from .binding import embedded_spec_json
@@ -128,9 +129,8 @@ def _tensor_metadata(backend: Backend, spec: ModelSpec, in_type: str, out_type: 
     output_md = info.ClassificationTensorMd(
         name=OUTPUT_TENSOR_NAME,
         description=(
-            f"Softmax probabilities{quantized} in label order {list(spec.labels)}. Screening "
-            f"decision: positive when 1 - P({spec.negative_label}) >= {spec.threshold:.4g} "
-            f"(not argmax; see {EMBEDDED_SPEC_NAME})."
+            f"Softmax probabilities{quantized} in label order {list(spec.labels)}. Screening decision "
+            f"(not argmax; see {EMBEDDED_SPEC_NAME}): {threshold_rule(spec.negative_label, spec.threshold)}."
         ),
         label_files=[info.LabelFileMd(file_path=str(labels_path))],
         tensor_type=tensor_type[out_type],

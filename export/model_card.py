@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 from edge_runtime.errors import CxrError
+from edge_runtime.serialize import threshold_rule
 from edge_runtime.spec import ModelSpec
+from export.parity import gate_sentence
 from training.data import TASKS
 
 
@@ -132,8 +134,8 @@ def write_model_card(spec: ModelSpec, validation: dict, parity: dict, out_path: 
         f"- Labels (output order): {', '.join(spec.labels)}",
         f"- Input: {spec.input_height}x{spec.input_width} RGB uint8 (0-255), the grey level replicated in R, G, B; "
         f"image resized without keeping the aspect ratio ({spec.interpolation}); scaling to [0, 1] is inside the model.",
-        f"- Decision: screening positive when 1 - P({spec.negative_label}) >= {spec.threshold:.4f} ({spec.threshold_rule}); "
-        "the label is then the likeliest abnormal class.",
+        f"- Decision: {threshold_rule(spec.negative_label, spec.threshold)}; the label is then the likeliest abnormal "
+        f"class. Threshold: {spec.threshold_rule}.",
         "- Architecture: compact depthwise-separable CNN trained from scratch (no pretrained weights), global average "
         "pooling and one dense softmax layer, so the heatmap (CAM) equals Grad-CAM.",
         f"- Training: `{training.get('command', '')}` on `{training.get('data', '')}`, seed {training.get('seed')}, "
@@ -167,11 +169,14 @@ def write_model_card(spec: ModelSpec, validation: dict, parity: dict, out_path: 
         *_unseen_lines(validation),
         *(_shift_lines(shift) if shift else []),
         "", "## Exported files and parity with the Keras model", "",
-        "| file | size KB | top-1 agreement | delta AUC | max prob diff | CAM r |", "|---|---|---|---|---|---|",
+        "| file | size KB | top-1 agreement | decision agreement | delta AUC | max prob diff | CAM r |",
+        "|---|---|---|---|---|---|---|",
     ]
     for filename, s in parity["files"].items():
-        lines.append(f"| {filename} | {s['size_bytes'] / 1024:.1f} | {s['top1_agreement']:.4f} | {s['auc_delta']:+.4f} | "
-                     f"{s['max_prob_diff']:.4f} | {_f(s.get('cam_pearson_r_mean'))} |")
+        lines.append(f"| {filename} | {s['size_bytes'] / 1024:.1f} | {s['top1_agreement']:.4f} | "
+                     f"{s['decision_agreement']:.4f} | {s['auc_delta']:+.4f} | {s['max_prob_diff']:.4f} | "
+                     f"{_f(s.get('cam_pearson_r_mean'))} |")
+    lines += ["", gate_sentence()]
     lines += [
         "", "## Intended use", "",
         "Offline screening support where no radiologist is at hand: flag chest X-rays that deserve a clinician's "

@@ -8,9 +8,20 @@ from sklearn.metrics import roc_auc_score
 from edge_runtime.classifier import Classifier, ClassifierOptions, decide, screening_score
 from edge_runtime.spec import ModelSpec
 
-#: Gates (min top-1 agreement, max |delta AUC|) per precision, on every held-out image; int8 raised
-#: from 0.99 to 0.995 by issue 9 (an outside test found 98.2% for a file that had passed 0.99 here).
-GATES = {"int8": (0.995, 0.005), "fp16": (0.999, 0.005)}
+#: Gates per precision, on every held-out image: (min top-1 agreement, max |delta AUC|, max change of the
+#: sensitivity or the specificity at the threshold). int8 agreement raised from 0.99 to 0.995 by issue 9 (an
+#: outside test found 98.2% for a file that had passed 0.99 here). The third bound holds the screening decision
+#: the clinic is shown to the figures the model card states: films near the threshold may flip either way
+#: (the covid int8 file flips 1% of decisions at 99.6% top-1 agreement), but the rates they add up to may not move.
+GATES = {"int8": (0.995, 0.005, 0.01), "fp16": (0.999, 0.005, 0.002)}
+
+
+def _rates(decisions: np.ndarray, positive: np.ndarray) -> tuple[float, float]:
+    """(sensitivity, specificity) of boolean screening decisions; nan where a class is absent."""
+    pos, neg = positive == 1, positive == 0
+    sens = float(decisions[pos].mean()) if pos.any() else float("nan")
+    spec = float((~decisions[neg]).mean()) if neg.any() else float("nan")
+    return sens, spec
 
 
 def run_tflite(model_path, inputs: np.ndarray, spec_path=None, num_threads: int = 2):
@@ -37,10 +48,14 @@ def compare(keras_probs: np.ndarray, tflite_probs: np.ndarray, y_true: np.ndarra
     k_auc = float(roc_auc_score(positive, screening_score(keras_probs, neg)))
     t_auc = float(roc_auc_score(positive, screening_score(tflite_probs, neg)))
     diff = np.abs(keras_probs - tflite_probs)
+    (k_sens, k_spec), (t_sens, t_spec) = _rates(np.asarray(k_dec, bool), positive), _rates(np.asarray(t_dec, bool),
+                                                                                         positive)
     return {
         "n": int(len(y_true)),
         "top1_agreement": float(np.mean(k_pred == t_pred)),
         "decision_agreement": float(np.mean(k_dec == t_dec)),
+        "sensitivity_delta": t_sens - k_sens,
+        "specificity_delta": t_spec - k_spec,
         "accuracy_keras": float(np.mean(k_pred == y_true)),
         "accuracy_tflite": float(np.mean(t_pred == y_true)),
         "accuracy_delta": float(np.mean(t_pred == y_true) - np.mean(k_pred == y_true)),
@@ -52,12 +67,24 @@ def compare(keras_probs: np.ndarray, tflite_probs: np.ndarray, y_true: np.ndarra
     }
 
 
+def gate_sentence() -> str:
+    """The gates in words, for the parity report and the model card."""
+    (i8, i8_auc, i8_rate), (f16, f16_auc, f16_rate) = GATES["int8"], GATES["fp16"]
+    return (f"Gates: int8 top-1 agreement >= {i8}, |delta AUC| <= {i8_auc} and sensitivity and specificity at the "
+            f"threshold within {i8_rate} of the Keras model's; float16 >= {f16}, <= {f16_auc} and within "
+            f"{f16_rate}.")
+
+
 def gate(precision: str, stats: dict) -> list[str]:
     """Reasons the gate fails (empty when it passes)."""
-    min_agreement, max_auc = GATES[precision]
+    min_agreement, max_auc, max_rate = GATES[precision]
     failures = []
     if stats["top1_agreement"] < min_agreement:
         failures.append(f"top-1 agreement {stats['top1_agreement']:.4f} < {min_agreement}")
+    for rate in ("sensitivity", "specificity"):
+        delta = stats.get(f"{rate}_delta")
+        if delta is not None and np.isfinite(delta) and abs(delta) > max_rate:
+            failures.append(f"{rate} at the threshold moved {delta:+.4f} (more than {max_rate})")
     if abs(stats["auc_delta"]) > max_auc:
         failures.append(f"|delta AUC| {abs(stats['auc_delta']):.4f} > {max_auc}")
     return failures

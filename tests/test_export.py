@@ -78,6 +78,30 @@ def test_tflite_outputs_agree_with_keras(tiny_model_dir, tiny_trained, synthetic
     assert feats.shape[1:] == (4, 4, 64)  # 64 px / 16, width 0.5 of 128 filters
 
 
+def test_the_gate_holds_the_top1_label_and_the_screening_rates():
+    from export.parity import GATES, compare, gate
+    from edge_runtime.spec import ModelSpec
+
+    good = {"top1_agreement": 0.999, "sensitivity_delta": 0.004, "specificity_delta": -0.006, "auc_delta": 0.001}
+    assert gate("int8", good) == []
+    moved = gate("int8", {**good, "specificity_delta": -0.02})
+    assert len(moved) == 1 and "specificity at the threshold moved -0.0200" in moved[0]
+    assert len(gate("fp16", good)) == 2  # fp16 holds the rates closer
+    worst = gate("int8", {"top1_agreement": 0.98, "sensitivity_delta": 0.05, "specificity_delta": 0.0,
+                          "auc_delta": -0.01})
+    assert len(worst) == 3 and GATES["int8"][0] == 0.995
+    # compare() measures the rates from the decisions at the spec's threshold.
+    spec = ModelSpec(name="m", task="binary", labels=("NORMAL", "PNEUMONIA"), threshold=0.5)
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    keras_p = np.array([[0.9, 0.1], [0.8, 0.2], [0.55, 0.45], [0.7, 0.3], [0.2, 0.8], [0.3, 0.7], [0.45, 0.55],
+                        [0.1, 0.9]])
+    tflite_p = keras_p.copy()
+    tflite_p[2] = [0.45, 0.55]  # a normal film crosses the threshold
+    stats = compare(keras_p, tflite_p, y, spec)
+    assert stats["decision_agreement"] == 7 / 8 and stats["sensitivity_delta"] == 0.0
+    assert stats["specificity_delta"] == -0.25
+
+
 def test_parity_gate_fails_on_blank_calibration(tiny_trained, synthetic_data, tmp_path):
     from export.__main__ import build_parser, export_model
     from export.convert import ExportError
@@ -92,6 +116,19 @@ def test_parity_gate_fails_on_blank_calibration(tiny_trained, synthetic_data, tm
     report = json.loads((tmp_path / "cxr_binary_64_parity.json").read_text())
     assert report["passed"] is False
     assert any("int8" in f for f in report["failures"])
+
+
+def test_the_quantization_debugger_names_layers_and_measures_them(tiny_trained):
+    import keras
+
+    from export.convert import quantization_debug
+
+    model = keras.saving.load_model(tiny_trained[0] / "model.keras", compile=False)
+    images = np.random.default_rng(0).integers(0, 256, (12, 64, 64, 3)).astype(np.uint8)
+    rows = quantization_debug(model, images, top=4)
+    assert len(rows) == 4 and all(np.isfinite(r["rmse/scale"]) and r["rmse/scale"] > 0 for r in rows)
+    assert [r["rmse/scale"] for r in rows] == sorted((r["rmse/scale"] for r in rows), reverse=True)
+    assert all("/" not in r["tensor"] and ";" not in r["tensor"] for r in rows)
 
 
 def test_too_few_calibration_images_is_an_error(tiny_trained, tmp_path):

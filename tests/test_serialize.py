@@ -51,6 +51,6 @@ def test_the_cli_row_is_the_record_plus_where_it_came_from():
 @pytest.mark.parametrize("language", ["en"])
 def test_one_sentence_for_the_threshold_rule(language):
     assert catalog(language)["result.rule"] == "Rule: " + threshold_rule("{negative}") + "."
-    assert threshold_rule("NORMAL", 0.27) == ("score = 1 - P(NORMAL); at or above the threshold (0.270) means "
+    assert threshold_rule("NORMAL", 0.26973) == ("score = 1 - P(NORMAL); at or above the threshold (0.2697) means "
                                               "screening positive: refer to a clinician")
     assert cli.score_meaning("NORMAL").startswith(threshold_rule("NORMAL"))
