@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import ServiceError
+from .model_files import find_models_dir
+from .receive import DEFAULT_PORT as DICOM_PORT
+from .web.config import DEFAULT_PORT as WEB_PORT
+from .web.config import MIN_TOKEN_LENGTH
 
 try:  # POSIX only: the CLI reads this module's defaults on every system, installing needs Linux
     import grp
     import pwd
 except ImportError:  # pragma: no cover - Windows
     grp = pwd = None
-from .model_files import find_models_dir
-from .receive import DEFAULT_PORT as DICOM_PORT
-from .web.config import DEFAULT_PORT as WEB_PORT
-from .web.config import MIN_TOKEN_LENGTH
 
 #: The services a unit can start. ``receive`` (the DICOM node) is a ``cxr-edge`` command of its own.
 SERVICES = ("serve", "watch", "receive")

@@ -7,6 +7,7 @@ from sklearn.metrics import roc_auc_score
 
 from edge_runtime.classifier import Classifier, ClassifierOptions, decide, screening_score
 from edge_runtime.spec import ModelSpec
+from training.metrics import binary_metrics
 
 #: Gates per precision, on every held-out image: (min top-1 agreement, max |delta AUC|, max change of the
 #: sensitivity or the specificity at the threshold). int8 agreement raised from 0.99 to 0.995 by issue 9 (an
@@ -14,14 +15,6 @@ from edge_runtime.spec import ModelSpec
 #: the clinic is shown to the figures the model card states: films near the threshold may flip either way
 #: (the covid int8 file flips 1% of decisions at 99.6% top-1 agreement), but the rates they add up to may not move.
 GATES = {"int8": (0.995, 0.005, 0.01), "fp16": (0.999, 0.005, 0.002)}
-
-
-def _rates(decisions: np.ndarray, positive: np.ndarray) -> tuple[float, float]:
-    """(sensitivity, specificity) of boolean screening decisions; nan where a class is absent."""
-    pos, neg = positive == 1, positive == 0
-    sens = float(decisions[pos].mean()) if pos.any() else float("nan")
-    spec = float((~decisions[neg]).mean()) if neg.any() else float("nan")
-    return sens, spec
 
 
 def run_tflite(model_path, inputs: np.ndarray, spec_path=None, num_threads: int = 2):
@@ -48,14 +41,13 @@ def compare(keras_probs: np.ndarray, tflite_probs: np.ndarray, y_true: np.ndarra
     k_auc = float(roc_auc_score(positive, screening_score(keras_probs, neg)))
     t_auc = float(roc_auc_score(positive, screening_score(tflite_probs, neg)))
     diff = np.abs(keras_probs - tflite_probs)
-    (k_sens, k_spec), (t_sens, t_spec) = _rates(np.asarray(k_dec, bool), positive), _rates(np.asarray(t_dec, bool),
-                                                                                         positive)
+    k_rates, t_rates = binary_metrics(positive, k_dec), binary_metrics(positive, t_dec)
     return {
         "n": int(len(y_true)),
         "top1_agreement": float(np.mean(k_pred == t_pred)),
         "decision_agreement": float(np.mean(k_dec == t_dec)),
-        "sensitivity_delta": t_sens - k_sens,
-        "specificity_delta": t_spec - k_spec,
+        "sensitivity_delta": t_rates["sensitivity"] - k_rates["sensitivity"],
+        "specificity_delta": t_rates["specificity"] - k_rates["specificity"],
         "accuracy_keras": float(np.mean(k_pred == y_true)),
         "accuracy_tflite": float(np.mean(t_pred == y_true)),
         "accuracy_delta": float(np.mean(t_pred == y_true) - np.mean(k_pred == y_true)),

@@ -223,7 +223,7 @@ def test_operating_point_drift_sums_both_changes_at_the_strongest_severity():
     assert drift["severity"] == 2 and set(drift["families"]) == {"gamma_light", "blur"}
     assert drift["families"]["gamma_light"] == pytest.approx(0.1 + 0.3)
     assert drift["families"]["blur"] == pytest.approx(0.05 + 0.1)
-    assert drift["mean"] == pytest.approx((0.4 + 0.15) / 2)
+    assert drift["mean"] == pytest.approx((0.4 + 0.15) / 2) and drift["worst"] == "gamma_light"
     assert operating_point_drift(result, severity=1)["families"]["gamma_light"] == pytest.approx(0.05 + 0.1)
     assert operating_point_drift({"severities": 1, "families": {}})["mean"] is None
 

@@ -540,7 +540,8 @@ def operating_point_drift(result: dict, severity: int | None = None) -> dict:
     """How far the shift moves the shipped operating point (EXPERIMENTS.md rule 5).
 
     Per family, at ``severity`` (default: the strongest), |sensitivity - its severity-0 value| + |specificity -
-    its severity-0 value| at the run's threshold; ``mean`` over the families that have both figures. The AUC
+    its severity-0 value| at the run's threshold; ``mean`` over the families that have both figures, and the
+    ``worst`` family (None when no family has both). The AUC
     can hold while this grows: the ranking survives, the threshold no longer means what the card says.
     """
     severity = result["severities"] if severity is None else severity
@@ -553,7 +554,8 @@ def operating_point_drift(result: dict, severity: int | None = None) -> dict:
         if len(parts) == 2:
             per_family[family] = sum(parts)
     mean = sum(per_family.values()) / len(per_family) if per_family else None
-    return {"severity": severity, "mean": mean, "families": per_family}
+    worst = max(per_family, key=per_family.get) if per_family else None
+    return {"severity": severity, "mean": mean, "worst": worst, "families": per_family}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -602,7 +604,7 @@ def shift_markdown(result: dict, title: str) -> str:
         lines += [f"## {heading}", ""] + _metric_table(result, getter, better) + [""]
     drift = operating_point_drift(result)
     if drift["mean"] is not None:
-        worst = max(drift["families"], key=drift["families"].get)
+        worst = drift["worst"]
         lines += ["## Operating-point drift", "",
                   f"|sensitivity change| + |specificity change| at severity {drift['severity']}, at the threshold: "
                   f"mean over families **{drift['mean']:.3f}**, worst {worst} {drift['families'][worst]:.3f} "

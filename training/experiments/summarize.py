@@ -35,8 +35,7 @@ def row(run: Path) -> str:
     drift = "not run"
     if (run / "shift.json").is_file():
         result = operating_point_drift(json.loads((run / "shift.json").read_text()))
-        worst = max(result["families"], key=result["families"].get)
-        drift = f"{result['mean']:.3f} ({worst} {result['families'][worst]:.3f})"
+        drift = f"{result['mean']:.3f} ({result['worst']} {result['families'][result['worst']]:.3f})"
     return (f"| {run.name} | {_f((auc['children'] + auc['adults']) / 2)} | {_f(auc['children'])} | "
             f"{_f(auc['adults'])} | {_f(adults['specificity'])} | {_f(adults['sensitivity'])} | "
             f"{adults['threshold']:.3f} | {_f(hottest)} | {_f(mass)} | {drift} |")
