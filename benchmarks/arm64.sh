@@ -2,13 +2,17 @@
 # The arm64 stage of CI: the edge runtime installed and run on Debian bookworm arm64 (the base of
 # 64-bit Raspberry Pi OS) under qemu-user emulation, compared with x86 on the same commit.
 #
-#   bash benchmarks/arm64.sh            (as root; .ci/run calls it after the x86 runtime environments)
+#   bash benchmarks/arm64.sh              (as root; .ci/run calls it after the x86 runtime environments)
+#   bash benchmarks/arm64.sh --rootfs-only  (step 1 alone; .ci/run starts it in the background first, so
+#                                            debootstrap overlaps the x86 stages; the lock orders the two)
 #
 # 1. builds the root file system once with debootstrap (cached in $CXR_ARM64_CACHE, default
 #    /var/cache/cxr-edge-arm64; rebuilt when missing or when ROOTFS_KEY changes) and keeps the two
 #    Python 3.11 virtual environments inside it between runs: ai-edge-litert (numpy 2) and
 #    tflite-runtime 2.14 (numpy < 2);
-# 2. installs this checkout into both with pip and runs there the TensorFlow-free tests, and follows
+# 2. installs this checkout into both with pip and runs there the TensorFlow-free tests (all of them with
+#    ai-edge-litert; with tflite-runtime the files that exercise the interpreter and the numerics,
+#    CXR_ARM64_TFLITE_TESTS, since x86 runs all of them on tflite-runtime already), and follows
 #    the README's Raspberry Pi OS install (venv with --system-site-packages over Debian's numpy 1.24
 #    and Pillow, pip, install-service, a safe model update) in a third venv made anew each run;
 # 3. runs benchmarks/platform_probe.py (cxr-edge classify --json on the 24 full-resolution samples,
@@ -20,6 +24,8 @@
 set -euo pipefail
 # All in one function: bash reads it whole before running it, so editing this file mid-run is safe.
 main() {
+rootfs_only=0
+[ "${1:-}" != --rootfs-only ] || rootfs_only=1
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${CXR_ARM64_CACHE:-/var/cache/cxr-edge-arm64}
 ROOTFS=$CACHE/rootfs-bookworm-arm64
@@ -34,11 +40,14 @@ OUT=${CXR_ARM64_OUT:-$ROOT/benchmarks/results/arm64.json}
 ROOTFS_PACKAGES=python3,python3-venv,python3-numpy,python3-pil,ca-certificates
 ROOTFS_KEY="bookworm arm64 minbase $ROOTFS_PACKAGES; v1"
 TEST_EXTRAS=(pytest scikit-image jsonschema openapi-spec-validator)
+# "all" runs every TensorFlow-free test there too (about 4 more minutes under qemu).
+TFLITE_TESTS=${CXR_ARM64_TFLITE_TESTS:-test_classifier.py test_cam.py test_imaging.py test_bad_inputs.py test_population.py test_dicom.py}
+[ "$TFLITE_TESTS" != all ] || TFLITE_TESTS=.
 start=$(date +%s)
 now() { echo $(( $(date +%s) - start )); }
 say() { printf '  arm64 (%ss): %s\n' "$(now)" "$*"; }
 [ "$(id -u)" -eq 0 ] || { echo "error: the arm64 stage needs root (debootstrap, chroot, mount)" >&2; exit 2; }
-[ -x "$X86_LITERT/bin/python" ] || { echo "error: no x86 reference environment at $X86_LITERT (run .ci/run)" >&2; exit 2; }
+[ "$rootfs_only" = 1 ] || [ -x "$X86_LITERT/bin/python" ] || { echo "error: no x86 reference environment at $X86_LITERT (run .ci/run)" >&2; exit 2; }
 [ -d "$DATA/fullres_sample" ] || { echo "error: no samples at $DATA/fullres_sample" >&2; exit 2; }
 
 # -- host tools and the aarch64 binfmt handler -------------------------------------------------
@@ -93,6 +102,7 @@ if [ "$(cat "$ROOTFS/.cxr-edge-rootfs" 2>/dev/null)" != "$ROOTFS_KEY" ]; then
   mv "$ROOTFS.new" "$ROOTFS"
   rootfs_s=$(( $(date +%s) - mark ))
 fi
+if [ "$rootfs_only" = 1 ]; then say "rootfs $rootfs_state"; return 0; fi
 
 # The host's resolver and CA bundle, for pip inside.
 cp /etc/resolv.conf "$ROOTFS/etc/resolv.conf"
@@ -190,9 +200,11 @@ pip_s=$(( $(date +%s) - mark ))
 
 mark=$(date +%s)
 for venv in litert tflite; do
-  say "TensorFlow-free tests in /opt/venv-$venv"
+  files=.
+  [ "$venv" = litert ] || files=$TFLITE_TESTS
+  say "TensorFlow-free tests in /opt/venv-$venv: $files"
   in_arm64 /bin/bash -ec "cd /srv/cxr/cxr-edge/tests && PYTHONSAFEPATH=1 /opt/venv-$venv/bin/python -m pytest -q \
-    -p no:cacheprovider -m 'not browser' --rootdir /srv/cxr/cxr-edge -c /srv/cxr/cxr-edge/pytest.ini ."
+    -p no:cacheprovider -m 'not browser' --rootdir /srv/cxr/cxr-edge -c /srv/cxr/cxr-edge/pytest.ini $files"
 done
 tests_s=$(( $(date +%s) - mark ))
 
@@ -226,7 +238,7 @@ cleanup
 # -- 4. compare, record, fail beyond tolerance --------------------------------------------------
 cat > "$work/stage.json" <<EOF
 {"note": "wall times of this CI stage on a 2-core x86 host under qemu-user emulation: CI planning only, not a device's speed",
- "rootfs": "$rootfs_state", "rootfs_build_s": $rootfs_s, "pip_s": $pip_s, "tests_s": $tests_s, "probes_s": $probes_s,
+ "rootfs": "$rootfs_state", "rootfs_build_s": $rootfs_s, "tflite_tests": "$TFLITE_TESTS", "pip_s": $pip_s, "tests_s": $tests_s, "probes_s": $probes_s,
  "total_s": $(now), "qemu": "$(qemu-aarch64-static --version | head -1)",
  "cpu_profiles": {"pi4": "qemu -cpu cortex-a72, /proc/cpuinfo of a Cortex-A72", "pi5": "qemu -cpu cortex-a76, /proc/cpuinfo of a Cortex-A76"}}
 EOF

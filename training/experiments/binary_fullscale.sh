@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Rule 6 of training/EXPERIMENTS.md: width 1.25 against the default at full scale (24 epochs x 6,000 draws),
+# same grouped split as the shipped binary model, seeds 0 and 1 (the shipped run is R1 seed 0).
+# Run from the repository root: bash training/experiments/binary_fullscale.sh  (about 30 min a run on 2 cores)
+# Outputs and logs: runs/full/ (not committed). RUNS picks a subset, e.g. RUNS="W125_s0 R1_s1 W125_s1".
+set -u
+cd "$(dirname "$0")/../.."
+PY=${PYTHON:-.venv/bin/python}
+DATA=${CXR_SHARED_DATA:-../shared/data}
+SPLIT=android_assets/training/cxr_binary_160/split.json
+mkdir -p runs/full
+for run in ${RUNS:-W125_s0 R1_s1 W125_s1}; do
+  variant=${run%_s*}; seed=${run##*_s}
+  case $variant in
+    R1) extra=() ;;
+    W125) extra=(--width 1.25) ;;
+    *) echo "unknown variant $variant"; exit 2 ;;
+  esac
+  out=runs/full/$run
+  start=$(date +%s)
+  "$PY" -m training train --task binary --data "$DATA" --seed "$seed" --split "$SPLIT" --out "$out" "${extra[@]}" \
+    > "$out.log" 2>&1
+  echo "$run rc=$? $(( ($(date +%s) - start) / 60 )) min"
+  "$PY" -m training shift --model "$out/model.keras" --split "$SPLIT" --data "$DATA" --out "$out" \
+    --max-images 500 --bootstrap 0 --no-progress > "$out.shift.log" 2>&1
+  echo "$run shift rc=$?"
+done
