@@ -102,7 +102,17 @@ if [ "$(cat "$ROOTFS/.cxr-edge-rootfs" 2>/dev/null)" != "$ROOTFS_KEY" ]; then
   mv "$ROOTFS.new" "$ROOTFS"
   rootfs_s=$(( $(date +%s) - mark ))
 fi
-if [ "$rootfs_only" = 1 ]; then say "rootfs $rootfs_state"; return 0; fi
+# --rootfs-only leaves what it did in $CXR_ARM64_PREP_STATE for the full run to report (.ci/run sets it).
+PREP_STATE=${CXR_ARM64_PREP_STATE:-}
+if [ "$rootfs_only" = 1 ]; then
+  say "rootfs $rootfs_state"
+  [ -z "$PREP_STATE" ] || echo "$rootfs_state $rootfs_s" > "$PREP_STATE"
+  return 0
+fi
+if [ "$rootfs_state" = reused ] && [ -n "$PREP_STATE" ] && [ -s "$PREP_STATE" ]; then
+  read -r prep_state prep_s < "$PREP_STATE"
+  if [ "$prep_state" = built ]; then rootfs_state="built in the background"; rootfs_s=$prep_s; fi
+fi
 
 # The host's resolver and CA bundle, for pip inside.
 cp /etc/resolv.conf "$ROOTFS/etc/resolv.conf"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Rule 6 of training/EXPERIMENTS.md: width 1.25 against the default at full scale (24 epochs x 6,000 draws),
 # same grouped split as the shipped binary model, seeds 0 and 1 (the shipped run is R1 seed 0).
-# Run from the repository root: bash training/experiments/binary_fullscale.sh  (about 30 min a run on 2 cores)
+# Run from the repository root: bash training/experiments/binary_fullscale.sh  (16-21 min of fitting a run on 2 cores, plus ~2 min of shift check)
 # Outputs and logs: runs/full/ (not committed). RUNS picks a subset, e.g. RUNS="W125_s0 R1_s1 W125_s1".
+# Rule 7 (crop/aspect augmentation at full scale) ran as: RUNS="A3_s0 A3_s1" bash training/experiments/binary_fullscale.sh
 set -u
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
@@ -14,6 +15,7 @@ for run in ${RUNS:-W125_s0 R1_s1 W125_s1}; do
   case $variant in
     R1) extra=() ;;
     W125) extra=(--width 1.25) ;;
+    A3) extra=(--crop-augment 0.5) ;;
     *) echo "unknown variant $variant"; exit 2 ;;
   esac
   out=runs/full/$run
