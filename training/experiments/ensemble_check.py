@@ -8,7 +8,6 @@ specificity and sensitivity on the checkpoint side. Used for the distillation qu
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -17,33 +16,23 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from edge_runtime.classifier import screening_score  # noqa: E402
-from edge_runtime.spec import ModelSpec  # noqa: E402
-from training.data import TASKS, load_dataset, load_split_sides  # noqa: E402
+from training.experiments.held_out import SIDES, load, populations  # noqa: E402
 from training.metrics import choose_threshold  # noqa: E402
-from training.train import checkpoint_metric, predict_probs  # noqa: E402
+from training.train import checkpoint_metric  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__.strip(), file=sys.stderr)
         return 2
-    import keras
-
-    runs = [Path(a) for a in argv]
-    spec = ModelSpec.load(runs[0] / "spec.json")
-    config = json.loads((runs[0] / "config.json").read_text())
-    data = Path(config["data"])
-    if not data.is_absolute():
-        data = Path(__file__).resolve().parents[2] / data
-    dataset = load_dataset(data, TASKS[spec.task], spec, progress=False)
-    sides = load_split_sides(runs[0] / "split.json", dataset)
+    dataset, runs, spec = load([Path(a) for a in argv])
+    sides = next(iter(runs.values()))["sides"]
+    if any(not np.array_equal(r["sides"][side], sides[side]) for r in runs.values() for side in SIDES):
+        raise SystemExit("the runs were not trained on the same split: their probabilities cannot be averaged")
+    probs = {name: r["probs"] for name, r in runs.items()}
+    probs["mean of all"] = {side: np.mean([p[side] for p in probs.values()], axis=0) for side in SIDES}
     neg = spec.labels.index("NORMAL")
-    probs = {}
-    for run in runs:
-        model = keras.models.load_model(run / "model.keras", compile=False)
-        probs[run.name] = {side: predict_probs(model, dataset.images[sides[side]]) for side in ("val", "calibration")}
-    probs["mean of all"] = {side: np.mean([p[side] for p in probs.values()], axis=0) for side in ("val", "calibration")}
-    adults = np.array([dataset.samples[i].population == "adults" for i in sides["val"]])
+    adults = populations(dataset, sides["val"]) == "adults"
     positive = dataset.labels[sides["val"]] != neg
     print("| model | primary | children AUC | adults AUC | threshold | adults spec. | adults sens. |")
     print("|---|---|---|---|---|---|---|")
