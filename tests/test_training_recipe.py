@@ -9,7 +9,8 @@ from PIL import Image
 from conftest import synthetic_xray, write_synthetic_folder
 
 pytest.importorskip("cv2")
-from training.augment import PRESETS, AugmentConfig, augment_batch, augment_config, augment_image  # noqa: E402
+from training.augment import (PRESETS, AugmentConfig, augment_batch, augment_config, augment_image,  # noqa: E402
+                              swap_context)
 from training.data import (TASKS, check_no_leak, load_dataset, load_masks, resolve_task, split_halves,  # noqa: E402
                            split_indices)
 from training.metrics import lung_localization  # noqa: E402
@@ -108,6 +109,49 @@ def test_three_way_split_keeps_groups_apart_and_every_stratum_on_each_side(tmp_p
     assert len(train) + len(val) + len(cal) == len(dataset.samples)
     for side in (val, cal):
         assert set(dataset.strata[side].tolist()) == set(dataset.strata.tolist())
+
+
+def test_context_swap_keeps_the_films_lungs_and_takes_the_donors_surroundings():
+    rng = np.random.default_rng(0)
+    film = rng.integers(90, 110, (1, 64, 64)).astype(np.uint8)  # grey ~100 everywhere
+    donor = np.full((1, 64, 64), 200, np.uint8)
+    donor[0, :, :8] = 250  # a bright band (a marker, a line) at the donor's edge
+    film_mask = np.zeros((1, 64, 64), np.uint8)
+    film_mask[0, 16:48, 10:30] = 1
+    donor_mask = np.zeros_like(film_mask)
+    donor_mask[0, 16:48, 34:54] = 1  # the donor's lungs elsewhere: none of them may survive
+    out = swap_context(film, film_mask, donor, donor_mask, rng, dilate=3)
+    assert out.shape == film.shape and out.dtype == np.uint8
+    either = (film_mask | donor_mask).astype(bool)
+    np.testing.assert_array_equal(out[either], film[either])
+    # Far from both lungs the donor's layout shows, rescaled to the film's own grey levels.
+    far = np.zeros((64, 64), bool)
+    far[:, :6] = far[:, 60:] = True
+    assert out[0][:, :6].mean() > out[0][:, 60:].mean() + 5  # the band moved over
+    assert abs(float(out[0][far].mean()) - float(film[0][far].mean())) < 15
+    assert not np.array_equal(out, film)
+
+
+def test_context_swap_in_the_trainer_uses_masked_adult_donors_only(tmp_path):
+    pytest.importorskip("tensorflow")
+    from training.train import TrainConfig, make_trainer, training_masks
+
+    root, _ = _mixed_root(tmp_path, per_class=12)
+    dataset = load_dataset(root, TASKS["binary"], SPEC, cache_dir=tmp_path / "cache", progress=False)
+    idx = np.arange(len(dataset.samples))
+    config = TrainConfig(data=str(root), out=str(tmp_path / "out"), context_swap=1.0, epochs=1, augment=False)
+    masks, has_mask = training_masks(config, dataset, idx)
+    trainer = make_trainer(config, dataset, SPEC, masks, has_mask, idx)
+    pool = set(trainer.donors.tolist())
+    assert pool and all(dataset.samples[i].source.startswith("adult_cxr") for i in pool)
+    batch = idx[:32]
+    x = trainer._batch(batch)[0]
+    changed = {int(i) for i, a, b in zip(batch, x, dataset.images[batch]) if not np.array_equal(a, b)}
+    assert changed and changed <= pool  # only masked adult films are swapped; children and unmasked films never
+    off = make_trainer(TrainConfig(data=str(root), out=str(tmp_path / "o2"), augment=False), dataset, SPEC, masks,
+                       has_mask, idx)
+    assert off.donors is None
+    np.testing.assert_array_equal(off._batch(batch)[0], dataset.images[batch])
 
 
 def test_population_balance_gives_each_class_and_population_an_equal_share(tmp_path):

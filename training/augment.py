@@ -149,3 +149,30 @@ def augment_batch(images: np.ndarray, masks: np.ndarray, rng: np.random.Generato
     for i in range(len(images)):
         out_x[i], out_m[i] = augment_image(images[i], masks[i], rng, cfg)
     return out_x, out_m
+
+
+def swap_context(images: np.ndarray, masks: np.ndarray, donors: np.ndarray, donor_masks: np.ndarray,
+                 rng: np.random.Generator, dilate: int = 3) -> np.ndarray:
+    """Each (H, W) plane's lungs inside a donor film's surroundings (the portable-film confounder, issue 9).
+
+    Everything inside the union of both films' lung masks (dilated by ``dilate`` px, the seam feathered) comes from
+    the film itself, so none of the donor's lungs is left; the rest (body outline, lines, electrodes, markers,
+    collimation) comes from the donor, its grey levels matched to the film's own surroundings (mean and spread).
+    The film keeps its label: with donors of either class, what surrounds the lungs stops predicting the label.
+    """
+    import cv2
+
+    kernel = np.ones((2 * dilate + 1, 2 * dilate + 1), np.uint8)
+    out = np.empty_like(images)
+    for i, (image, mask, donor, donor_mask) in enumerate(zip(images, masks, donors, donor_masks)):
+        region = cv2.dilate(((mask > 0) | (donor_mask > 0)).astype(np.uint8), kernel)
+        alpha = cv2.GaussianBlur(region.astype(np.float32), (0, 0), max(1.0, dilate / 2.0))
+        alpha = np.maximum(alpha, region.astype(np.float32))  # the lungs themselves stay the film's own
+        outside = region == 0
+        if outside.sum() > 16:
+            own, theirs = image[outside].astype(np.float32), donor[outside].astype(np.float32)
+            scale = own.std() / max(theirs.std(), 1.0)
+            donor = np.clip((donor.astype(np.float32) - theirs.mean()) * scale + own.mean(), 0, 255)
+        mixed = alpha * image.astype(np.float32) + (1.0 - alpha) * donor.astype(np.float32)
+        out[i] = np.clip(np.round(mixed), 0, 255).astype(np.uint8)
+    return out

@@ -20,7 +20,7 @@ import numpy as np
 from edge_runtime.classifier import screening_score
 from edge_runtime.spec import ModelSpec
 
-from .augment import PRESETS, augment_batch, augment_config
+from .augment import PRESETS, augment_batch, augment_config, swap_context
 from .data import (INPUT_SIZE, TASKS, DataError, Source, Task, check_no_leak, load_dataset, load_masks,
                    load_split_sides, save_split, split_halves, split_indices)
 
@@ -55,6 +55,7 @@ class TrainConfig:
     min_sensitivity: float = 0.95
     augment: bool = True
     crop_augment: float | None = None  # share of images also cropped and stretched back (None: the preset's)
+    context_swap: float = 0.0  # share of masked adult films whose lungs go in another adult film's surroundings
     augment_preset: str = "default"  # training.augment.PRESETS
     balance: str = "population"  # population: equal share per (class, population); class; none
     class_weighting: bool = True  # only with balance="none"
@@ -216,6 +217,7 @@ class _Trainer:
         self.step_count = tf.Variable(0.0, trainable=False)
         self.augment = augment_batch if config.augment else None
         self.augment_config = augment_config(config.augment_preset, config.crop_augment)
+        self.donors = None  # set by make_trainer when config.context_swap: the masked adult training films
         self.loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing,
                                                             reduction=None)
         self.optimizer = None
@@ -231,9 +233,21 @@ class _Trainer:
 
     def _batch(self, idx: np.ndarray):
         x, m = self.images[idx], self.masks[idx]
+        if self.donors is not None:
+            x = self._swap_context(idx, x)
         if self.augment is not None:
             x, m = self.augment(x, m, self.rng, self.augment_config)
         return x, m.astype(np.float32), self.labels[idx], self.has_mask[idx]
+
+    def _swap_context(self, idx: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """``config.context_swap`` of the batch's donor-pool films: their lungs in a random donor's surroundings."""
+        chosen = [k for k, i in enumerate(idx) if self.is_donor[i] and self.rng.random() < self.config.context_swap]
+        if not chosen:
+            return x
+        donors = np.array([self.rng.choice(self.donors) for _ in chosen])  # one draw each, as the A7 runs drew
+        x = x.copy()
+        x[chosen] = swap_context(x[chosen], self.masks[idx[chosen]], self.images[donors], self.masks[donors], self.rng)
+        return x
 
     def _train_step(self, x, m, labels, has):
         import tensorflow as tf
@@ -380,6 +394,15 @@ def make_trainer(config: TrainConfig, dataset, spec: ModelSpec, masks: np.ndarra
                                             y=dataset.labels[train_idx])
         logger.info("class weights %s", class_weight.tolist())
     trainer = _Trainer(model, config, dataset, masks, has_mask, num_classes, class_weight)
+    if config.context_swap:
+        # Donors: masked training films of the same population (adults only: the children's films share one
+        # hospital and one projection, so their surroundings carry no acquisition confounder to break).
+        adult = np.array([s.population == "adults" for s in dataset.samples])
+        trainer.is_donor = np.zeros(len(adult), bool)
+        trainer.is_donor[train_idx] = has_mask[train_idx] & adult[train_idx]
+        pool = np.flatnonzero(trainer.is_donor)
+        trainer.donors = pool if len(pool) else None
+        logger.info("context swap on %.0f%% of %d masked adult training films", 100 * config.context_swap, len(pool))
     steps = max(1, (config.epoch_size or len(train_idx)) // config.batch_size)
     trainer.compile(steps * max(1, config.epochs), steps)
     return trainer
@@ -624,6 +647,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop-augment", type=float, default=d.crop_augment,
                    help="share of training images also cropped to a window of 65-100%% of each axis and stretched "
                         "back (tighter collimation, another detector aspect; default: the preset's)")
+    p.add_argument("--context-swap", type=float, default=d.context_swap,
+                   help="share of masked adult training films whose lungs are set in another adult film's "
+                        "surroundings, so lines, markers and projection stop predicting the label (an experiment, "
+                        "training/EXPERIMENTS.md rules 8-9; not the default)")
     p.add_argument("--augment-preset", choices=sorted(PRESETS), default=d.augment_preset,
                    help="ranges of the shift augmentation: default, or strong (wider tone curves, margins and "
                         "crops; training/augment.py PRESETS)")

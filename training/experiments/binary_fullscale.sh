@@ -4,6 +4,7 @@
 # Run from the repository root: bash training/experiments/binary_fullscale.sh  (16-21 min of fitting a run on 2 cores, plus ~2 min of shift check)
 # Outputs and logs: runs/full/ (not committed). RUNS picks a subset, e.g. RUNS="W125_s0 R1_s1 W125_s1".
 # Rule 7 (crop/aspect augmentation at full scale) ran as: RUNS="A3_s0 A3_s1" bash training/experiments/binary_fullscale.sh
+# Rule 8 (context swap, the portable-film confounder): RUNS="A7_s0 A7_s1" bash training/experiments/binary_fullscale.sh
 set -u
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
@@ -16,6 +17,7 @@ for run in ${RUNS:-W125_s0 R1_s1 W125_s1}; do
     R1) extra=() ;;
     W125) extra=(--width 1.25) ;;
     A3) extra=(--crop-augment 0.5) ;;
+    A7) extra=(--context-swap 0.5) ;;
     *) echo "unknown variant $variant"; exit 2 ;;
   esac
   out=runs/full/$run
@@ -26,4 +28,6 @@ for run in ${RUNS:-W125_s0 R1_s1 W125_s1}; do
   "$PY" -m training shift --model "$out/model.keras" --split "$SPLIT" --data "$DATA" --out "$out" \
     --max-images 500 --bootstrap 0 --no-progress > "$out.shift.log" 2>&1
   echo "$run shift rc=$?"
+  "$PY" training/experiments/context_check.py "$out" > "$out.context.log" 2>&1
+  echo "$run context rc=$?"
 done
