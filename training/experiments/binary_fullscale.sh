@@ -4,7 +4,7 @@
 # Run from the repository root: bash training/experiments/binary_fullscale.sh  (16-21 min of fitting a run on 2 cores, plus ~2 min of shift check)
 # Outputs and logs: runs/full/ (not committed). RUNS picks a subset, e.g. RUNS="W125_s0 R1_s1 W125_s1".
 # Rule 7 (crop/aspect augmentation at full scale) ran as: RUNS="A3_s0 A3_s1" bash training/experiments/binary_fullscale.sh
-# Rule 8 (context swap, the portable-film confounder): RUNS="A7_s0 A7_s1" bash training/experiments/binary_fullscale.sh
+# Rules 8 and 9 (context swap, the portable-film confounder): RUNS="A7_s0 A7_s1", then RUNS="A7_s2 A7_s3"
 set -u
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}

@@ -6,10 +6,10 @@ what surrounds the lungs. Measured on the held-out adult films that have a lung 
 sides of RUN_DIR's split), each film edited with its own mask (dilated by 3 px at the model size, filled black):
 
 - the run's model on the original films, on the lungs alone (everything outside the mask black), on the context
-  alone (the lungs black; then the whole box around both lungs black, since the outline of the lungs, which
-  projection and disease change, is left in the first), and on swapped films (one film's lungs inside another film's context, each adult
-  pneumonia film paired with an adult normal one both ways): the AUC against the lungs' label and against the
-  context's label says which of the two the model follows;
+  alone (the lungs black; then the whole box around both lungs black, since the first leaves the lungs' outline,
+  which projection and disease change), and on swapped films (one film's lungs inside another film's context,
+  each adult pneumonia film paired with an adult normal one both ways): the AUC against the lungs' label and
+  against the context's label says which of the two the model follows;
 - ``--probe``: the same small network trained from scratch on each edit of the adult training-side films alone
   (no augmentation beyond shifts, 25 epochs, class-balanced; epoch picked on the checkpoint side, AUC on the
   threshold side), i.e. how much of the label each region carries for any model trained on these data.
