@@ -43,6 +43,19 @@ def test_model_is_small_and_ends_in_gap_dense():
     assert model.inputs[0].dtype == "uint8"
 
 
+def test_extra_blocks_add_depth_at_the_last_grid_and_reach_the_cli():
+    from training.model import EXTRA_BLOCK, FEATURE_LAYER, build_model
+    from training.train import build_parser
+
+    plain, deep = build_model(2, (160, 160)), build_model(2, (160, 160), extra_blocks=2)
+    assert deep.get_layer(FEATURE_LAYER).output.shape[1:] == (10, 10, EXTRA_BLOCK[0])  # same heatmap grid
+    assert plain.get_layer(FEATURE_LAYER).output.shape[1:] == (10, 10, 128)
+    assert len(deep.layers) == len(plain.layers) + 2 * 6  # dw, bn, relu, pw, bn, relu per block
+    assert deep.count_params() > 2 * plain.count_params()
+    assert build_parser().parse_args(["--extra-blocks", "2"]).extra_blocks == 2
+    assert build_parser().parse_args([]).extra_blocks == 0  # the shipped recipe is unchanged
+
+
 def test_fake_quant_rounds_forward_and_passes_the_gradient_straight_through():
     import tensorflow as tf
 

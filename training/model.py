@@ -37,6 +37,10 @@ class FakeQuant(layers.Layer):
 #: (filters, stride) of the depthwise-separable blocks after the stem, for width 1.0.
 BLOCKS = ((32, 1), (48, 2), (48, 1), (64, 2), (64, 1), (128, 2), (128, 1), (128, 1))
 
+#: (filters, stride) of each block ``extra_blocks`` appends: more depth where the map is smallest (the last
+#: stage, input / 16), so the heatmap keeps its grid and the cost stays small.
+EXTRA_BLOCK = (256, 1)
+
 
 def _scaled(filters: int, width: float) -> int:
     return max(8, int(round(filters * width / 8)) * 8)
@@ -50,6 +54,7 @@ def build_model(
     weight_decay: float = 1e-4,
     bn_momentum: float = 0.99,
     fake_quant: bool = False,
+    extra_blocks: int = 0,
 ) -> keras.Model:
     """Build the classifier.
 
@@ -69,6 +74,7 @@ def build_model(
         bn_momentum: Batch-normalisation moving-average momentum (lower for very short runs).
         fake_quant: Round every ReLU6 output to the int8 step (:class:`FakeQuant`), for quantization-aware
             fine-tuning; the layer names and weights are those of the plain model.
+        extra_blocks: Blocks of :data:`EXTRA_BLOCK` appended after :data:`BLOCKS`, at the same grid.
     """
     reg = keras.regularizers.L2(weight_decay) if weight_decay else None
     inputs = keras.Input(shape=(*input_size, 3), dtype="uint8", name="image")
@@ -78,8 +84,9 @@ def build_model(
     x = layers.BatchNormalization(momentum=bn_momentum, name="stem_bn")(x)
     x = layers.ReLU(6.0, name="stem_relu")(x)
     x = FakeQuant(name="stem_relu_fq")(x) if fake_quant else x
-    last = len(BLOCKS) - 1
-    for index, (filters, stride) in enumerate(BLOCKS):
+    blocks = BLOCKS + (EXTRA_BLOCK,) * extra_blocks
+    last = len(blocks) - 1
+    for index, (filters, stride) in enumerate(blocks):
         prefix = f"block{index}"
         x = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False,
                                    name=f"{prefix}_dw")(x)

@@ -42,6 +42,7 @@ class TrainConfig:
     out: str = ""
     input_size: int = INPUT_SIZE
     width: float = 1.0
+    extra_blocks: int = 0  # blocks of training.model.EXTRA_BLOCK after the default ones (depth at the last grid)
     epochs: int = 24
     batch_size: int = 32
     learning_rate: float = 2e-3
@@ -384,7 +385,7 @@ def make_trainer(config: TrainConfig, dataset, spec: ModelSpec, masks: np.ndarra
 
     num_classes = len(spec.labels)
     model = build_model(num_classes, spec.input_size, config.width, config.dropout, config.weight_decay,
-                        config.bn_momentum, fake_quant=fake_quant)
+                        config.bn_momentum, fake_quant=fake_quant, extra_blocks=config.extra_blocks)
     if config.weights:
         load_local_weights(model, config.weights)
         logger.info("initialised from local weights %s", config.weights)
@@ -629,6 +630,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder (default: android_assets/training/cxr_<task>_<size>)")
     p.add_argument("--input-size", type=int, default=d.input_size, help="square input size in pixels")
     p.add_argument("--width", type=float, default=d.width, help="filter-count multiplier")
+    p.add_argument("--extra-blocks", type=int, default=d.extra_blocks,
+                   help="depth: blocks of 256 filters (times --width) appended at the last, input/16 grid "
+                        "(an experiment, training/EXPERIMENTS.md rule 10; not the default)")
     p.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs (early stopping may end sooner)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="peak learning rate (cosine schedule)")

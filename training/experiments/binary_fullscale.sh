@@ -5,6 +5,8 @@
 # Outputs and logs: runs/full/ (not committed). RUNS picks a subset, e.g. RUNS="W125_s0 R1_s1 W125_s1".
 # Rule 7 (crop/aspect augmentation at full scale) ran as: RUNS="A3_s0 A3_s1" bash training/experiments/binary_fullscale.sh
 # Rules 8 and 9 (context swap, the portable-film confounder): RUNS="A7_s0 A7_s1", then RUNS="A7_s2 A7_s3"
+# Rule 10 (depth: two 256-filter blocks at the last grid): RUNS="D2_s0 D2_s1"
+# Rule 11 (a longer schedule: 40 epochs, no early stop): RUNS="L40_s0 L40_s1"
 set -u
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
@@ -18,6 +20,8 @@ for run in ${RUNS:-W125_s0 R1_s1 W125_s1}; do
     W125) extra=(--width 1.25) ;;
     A3) extra=(--crop-augment 0.5) ;;
     A7) extra=(--context-swap 0.5) ;;
+    D2) extra=(--extra-blocks 2) ;;
+    L40) extra=(--epochs 40 --patience 40) ;;
     *) echo "unknown variant $variant"; exit 2 ;;
   esac
   out=runs/full/$run
