@@ -241,7 +241,9 @@ def test_cli_receive_echo_store_and_ctrl_c(binary_models, tmp_path):
     env = dict(os.environ, CXR_MODELS=str(binary_models["dir"]), PYTHONPATH=str(REPO_ROOT))
     process = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", "receive", "--host", "127.0.0.1",
                                 "--port", str(port), "--log", str(log_path), "--json", "--allow", "XRAY_ROOM"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               # Ctrl+C as from a terminal, even when pytest runs as a background job (SIGINT ignored)
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while True:

@@ -124,7 +124,7 @@ TASKS: dict[str, Task] = {
             "are PA outpatient films. Measured (training/EXPERIMENTS.md, context_check.py): a network trained on "
             "these adult films with the lungs and their outline blacked out still tells pneumonia from normal (AUC "
             "0.74), and given one film's lungs in another film's surroundings this model follows the lungs only "
-            "weakly (AUC 0.56 against the lungs' label): it has partly learnt 'portable film', and may call a "
+            "weakly (AUC 0.58 against the lungs' label): it has partly learnt 'portable film', and may call a "
             "normal portable film abnormal, or miss pneumonia on a PA film, more often than the figures above say.",
             "COVID-19 films were kept out of training (they all come from other hospitals than the adult normals, and "
             "would teach 'another hospital means pneumonia'); what the model calls them is reported above as a "
