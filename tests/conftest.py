@@ -24,6 +24,15 @@ needs_shared_data = pytest.mark.skipif(not (SHARED_DATA / "chest_xray" / "train"
                                        reason=f"real data not found at {SHARED_DATA}")
 
 
+def terminal_sigint() -> None:
+    """``preexec_fn`` for a child the test stops with Ctrl+C: SIGINT handled as from a terminal. A shell's
+    background job (``pytest ... &``) ignores SIGINT and its children inherit that, so without this the child
+    never sees the Ctrl+C the test sends."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _load_synthetic():
     """``benchmarks/synthetic.py``, loaded by its path: the runtime-only environments cannot import the
     repository tools (and must not, or their tests would be collected), but the file is in the checkout."""

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import corpus
-from conftest import ASSETS, REPO_ROOT
+from conftest import ASSETS, REPO_ROOT, terminal_sigint
 from edge_runtime import cli
 from edge_runtime.camera import FakeFrameSource
 from edge_runtime.log import ScreeningLog
@@ -378,12 +378,10 @@ def test_serve_process_exit_codes(binary_models, tmp_path, signal_name, expected
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = dict(os.environ, CXR_MODELS=str(binary_models["dir"]), PYTHONPATH=str(REPO_ROOT))
-    # A shell's background job (``pytest ... &``) ignores SIGINT, and a child inherits that: give the server
-    # the disposition of a foreground terminal, so Ctrl+C is what is tested wherever pytest was started.
     proc = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", "serve", "--port", str(port),
                              "--log", str(tmp_path / "s.db")], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=terminal_sigint)
     try:
         deadline = time.monotonic() + 60
         while True:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, terminal_sigint
 from runtime_models import FULLRES, binary_models, needs_fullres  # noqa: F401 - fixture
 
 pytest.importorskip("pydicom")
@@ -242,8 +242,7 @@ def test_cli_receive_echo_store_and_ctrl_c(binary_models, tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", "receive", "--host", "127.0.0.1",
                                 "--port", str(port), "--log", str(log_path), "--json", "--allow", "XRAY_ROOM"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                               # Ctrl+C as from a terminal, even when pytest runs as a background job (SIGINT ignored)
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                               preexec_fn=terminal_sigint)
     try:
         deadline = time.monotonic() + 60
         while True:
