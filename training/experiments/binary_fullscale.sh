@@ -7,6 +7,7 @@
 # Rules 8 and 9 (context swap, the portable-film confounder): RUNS="A7_s0 A7_s1", then RUNS="A7_s2 A7_s3"
 # Rule 10 (depth: two 256-filter blocks at the last grid): RUNS="D2_s0 D2_s1"
 # Rule 11 (a longer schedule: 40 epochs, no early stop): RUNS="L40_s0 L40_s1"
+# Rule 12 (context swap on the 40-epoch schedule): RUNS="A7L40_s0 A7L40_s1"
 set -u
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
@@ -22,6 +23,7 @@ for run in ${RUNS:-W125_s0 R1_s1 W125_s1}; do
     A7) extra=(--context-swap 0.5) ;;
     D2) extra=(--extra-blocks 2) ;;
     L40) extra=(--epochs 40 --patience 40) ;;
+    A7L40) extra=(--context-swap 0.5 --epochs 40 --patience 40) ;;
     *) echo "unknown variant $variant"; exit 2 ;;
   esac
   out=runs/full/$run
