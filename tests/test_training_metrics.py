@@ -68,3 +68,17 @@ def test_by_source_splits_a_mixed_class():
     assert out["adult"] == {"n": 2, "true_label": "NORMAL", "correct": 0.5,
                             "called": {"COVID19": 1, "NORMAL": 1, "PNEUMONIA": 0}}
     assert out["child"]["correct"] == 1.0 and out["covid"]["called"]["COVID19"] == 1
+
+
+def test_by_source_gives_a_folder_with_several_labels_one_row_each():
+    """Kermany's PNEUMONIA folder holds bacterial and viral films in the etiology task."""
+    from training.metrics import by_source
+
+    spec = ModelSpec(name="t", task="etiology", labels=("NORMAL", "BACTERIAL", "VIRAL"), threshold=0.5)
+    y = np.array([0, 1, 1, 2])
+    probs = np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.1, 0.2, 0.7], [0.1, 0.6, 0.3]])
+    out = by_source(["NORMAL", "PNEUMONIA", "PNEUMONIA", "PNEUMONIA"], y, probs, spec)
+    assert set(out) == {"NORMAL", "PNEUMONIA (BACTERIAL)", "PNEUMONIA (VIRAL)"}
+    assert out["PNEUMONIA (BACTERIAL)"] == {"n": 2, "true_label": "BACTERIAL", "correct": 0.5,
+                                            "called": {"NORMAL": 0, "BACTERIAL": 1, "VIRAL": 1}}
+    assert out["PNEUMONIA (VIRAL)"]["correct"] == 0.0 and out["PNEUMONIA (VIRAL)"]["called"]["BACTERIAL"] == 1

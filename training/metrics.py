@@ -118,20 +118,28 @@ def by_source(sources: list, y_true: np.ndarray, probs: np.ndarray, spec: ModelS
     """Per source folder: image count, share of correct decisions and what the model called them.
 
     Shows, for instance, how a mixed class fares on each of its origins (adult vs paediatric
-    normals in the covid task).
+    normals in the covid task). A folder that holds several true labels (Kermany's PNEUMONIA
+    folder in the etiology task: bacterial and viral) gets one row per label, keyed
+    ``"PNEUMONIA (VIRAL)"``, so that no row states a true label some of its films do not have.
     """
     threshold = spec.threshold if threshold is None else threshold
     predicted = decide(probs, spec.negative_index, threshold)
+    y_true = np.asarray(y_true)
+    sources = np.asarray(sources, dtype=object)
     out = {}
     for source in sorted(set(sources)):
-        mask = np.array([s == source for s in sources])
-        labels = [spec.labels[i] for i in predicted[mask]]
-        out[source] = {
-            "n": int(mask.sum()),
-            "true_label": spec.labels[int(np.bincount(np.asarray(y_true)[mask]).argmax())],
-            "correct": float(np.mean(predicted[mask] == np.asarray(y_true)[mask])),
-            "called": {label: labels.count(label) for label in spec.labels},
-        }
+        in_source = sources == source
+        held = sorted(set(y_true[in_source].tolist()))
+        for label in held:
+            mask = in_source & (y_true == label)
+            calls = [spec.labels[i] for i in predicted[mask]]
+            key = source if len(held) == 1 else f"{source} ({spec.labels[label]})"
+            out[key] = {
+                "n": int(mask.sum()),
+                "true_label": spec.labels[label],
+                "correct": float(np.mean(predicted[mask] == label)),
+                "called": {name: calls.count(name) for name in spec.labels},
+            }
     return out
 
 

@@ -741,7 +741,7 @@ def write_shift_report(result: dict, out: str | Path, name: str, title: str) -> 
 # CLI
 # ----------------------------------------------------------------------------------------------------------
 
-def _set_threads(threads: int) -> None:
+def set_threads(threads: int) -> None:
     """Limit TensorFlow and OpenCV to ``threads`` (0: leave their defaults)."""
     if not threads:
         return
@@ -833,7 +833,7 @@ def main(argv=None) -> int:
         return 2
     chosen = stratified_subset(items, args.max_images, args.seed)
     logger.info("%d of %d %s images of %s", len(chosen), len(items), args.side, args.split)
-    _set_threads(args.threads)
+    set_threads(args.threads)
     import keras
 
     try:

@@ -500,7 +500,9 @@ def train(config: TrainConfig) -> dict:
         raise DataError(f"unknown task {config.task!r}; choose one of {sorted(TASKS)}")
     task = TASKS[config.task]
     if config.threads:
-        tf.config.threading.set_intra_op_parallelism_threads(config.threads)
+        from .shift import set_threads
+
+        set_threads(config.threads)
     keras.utils.set_random_seed(config.seed)
     Path(config.out).mkdir(parents=True, exist_ok=True)
     spec = ModelSpec(name=model_name(task.name, config.input_size), task=task.name, labels=task.labels,
@@ -682,7 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local .weights.h5 file, or a model.keras of the same architecture, to start from")
     p.add_argument("--split", type=Path, default=None, help="reuse a saved split.json")
     p.add_argument("--cache-dir", type=Path, default=None, help="decoded-image cache (default ~/.cache/cxr-edge)")
-    p.add_argument("--threads", type=int, default=0, help="TensorFlow intra-op threads (0: all cores)")
+    p.add_argument("--threads", type=int, default=0, help="TensorFlow and OpenCV threads (0: all cores)")
     return p
 
 
