@@ -20,10 +20,11 @@ from training.data import TASKS, load_dataset, load_split
 from training.train import predict_probs
 
 from .binding import embed_spec, write_checksums
-from .convert import ExportError, export_fp16, export_int8, quantization_debug, with_feature_output
+from .convert import (ExportError, export_fp16, export_int8, int8_bias_correction, quantization_debug,
+                      with_feature_output)
 from .metadata_bridge import write_metadata_external
 from .model_card import write_model_card_for_run
-from .parity import compare, gate, gate_sentence, run_tflite
+from .parity import bias_correction_sentence, compare, gate, gate_sentence, run_tflite
 
 # Keras (TensorFlow) loads only once a model is exported (load_run, export_model, check_parity): --help stays fast.
 
@@ -65,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metadata-python", default=None,
                    help="Python interpreter with the TFLite metadata writer (default: $CXR_METADATA_PYTHON, this one "
                         "if it can import the writer, else .venv-metadata/bin/python)")
+    p.add_argument("--no-bias-correction", action="store_true",
+                   help="keep the classifier's own bias in the int8 files (by default it is corrected for the int8 "
+                        "trunk's mean error, measured on the calibration images)")
     p.add_argument("--no-metadata", action="store_true", help="skip Android metadata (not for shipping)")
     p.add_argument("--force", action="store_true",
                    help="write the files even when the parity gate fails (debugging only; the exit code stays 3)")
@@ -112,14 +116,19 @@ def sample_sides(args, dataset) -> tuple[np.ndarray, np.ndarray]:
     return cal_idx, val_idx
 
 
-def convert_files(model, calibration: np.ndarray, stage: Path, name: str) -> list[str]:
-    """The four files in ``stage``: float16 and int8, each plain and with the feature-map output; their names."""
+def convert_files(model, calibration: np.ndarray, stage: Path, name: str,
+                  bias_correction: dict | None = None) -> list[str]:
+    """The four files in ``stage``: float16 and int8, each plain and with the feature-map output; their names.
+
+    With ``bias_correction`` (from :func:`export.convert.int8_bias_correction`) the int8 files carry its
+    corrected classifier bias; the float16 files and every file's CAM kernel are the model's own."""
     cam_model = with_feature_output(model)
+    bias = None if bias_correction is None else np.asarray(bias_correction["bias"])
     files = {
         f"{name}_fp16.tflite": lambda p: export_fp16(model, p),
-        f"{name}_int8.tflite": lambda p: export_int8(model, calibration, p),
+        f"{name}_int8.tflite": lambda p: export_int8(model, calibration, p, classifier_bias=bias),
         f"{name}_fp16_cam.tflite": lambda p: export_fp16(cam_model, p),
-        f"{name}_int8_cam.tflite": lambda p: export_int8(cam_model, calibration, p),
+        f"{name}_int8_cam.tflite": lambda p: export_int8(cam_model, calibration, p, classifier_bias=bias),
     }
     for filename, make in files.items():
         logger.info("converting %s", filename)
@@ -209,11 +218,14 @@ def export_model(args) -> dict:
     kernel, bias = (np.asarray(w, dtype=np.float64) for w in model.get_layer(CLASSIFIER_LAYER).get_weights())
     name = spec.name
     stage = Path(tempfile.mkdtemp(prefix=f"export-{name}-"))
-    filenames = convert_files(model, calibration, stage, name)
+    correction = None if args.no_bias_correction else int8_bias_correction(model, calibration, stage)
+    filenames = convert_files(model, calibration, stage, name, correction)
     spec = write_spec_and_bind(args, spec, kernel, bias, stage, filenames)
 
     report = {"model": name, "keras_model": str(args.model), "validation_images": int(len(val_idx)),
-              "calibration_images": int(len(cal_idx)), "calibration": args.calibration, "files": {}}
+              "calibration_images": int(len(cal_idx)), "calibration": args.calibration,
+              "int8_bias_correction": (None if correction is None else
+                                       {k: v for k, v in correction.items() if k != "bias"}), "files": {}}
     report["files"], failures = check_parity(model, spec, kernel, stage, filenames, val_inputs, y_val, keras_probs)
     if failures and args.calibration == "data":
         report["quantization_debugger_worst_layers"] = quantization_debug(model, calibration[:100])
@@ -250,7 +262,7 @@ def write_parity_report(report: dict, stem: Path) -> None:
                      f"{s['auc_delta']:+.4f} | {s['max_prob_diff']:.4f} | {cam} | "
                      f"{'pass' if not s['gate_failures'] else 'FAIL: ' + '; '.join(s['gate_failures'])} |")
     lines += ["", f"{gate_sentence()} CAM r: mean Pearson r between the edge CAM (feature-map output + dense weights) "
-              "and the Keras Grad-CAM, on up to 200 validation images."]
+              "and the Keras Grad-CAM, on up to 200 validation images.", "", bias_correction_sentence(report)]
     if report.get("quantization_debugger_worst_layers"):
         lines += ["", "Worst layers by the TFLite quantization debugger (RMSE / scale):", ""]
         lines += [f"- {r['tensor']}: {r['rmse/scale']:.3f}" for r in report["quantization_debugger_worst_layers"]]

@@ -42,7 +42,7 @@ def with_feature_output(model):
     return keras.Model(model.inputs, [model.outputs[0], feature_layer_output(model)], name=model.name + "_cam")
 
 
-def centered_dense(layer):
+def centered_dense(layer, bias: np.ndarray | None = None):
     """A copy of a softmax Dense layer with each row of its kernel (and its bias) minus its mean.
 
     Softmax is unchanged by adding one number to every logit, so the probabilities are exactly the
@@ -50,17 +50,23 @@ def centered_dense(layer):
     calibrated range / 255: measured on the binary model, raw logits spanned 2.4 .. 39.5 (a large
     offset common to both classes), a step of 0.15 that moved near-ties' probabilities by up to 0.07
     and flipped 1.4% of held-out decisions. The CAM weights in the spec stay the original kernel.
+
+    Args:
+        bias: A bias to use instead of the layer's (the int8 files' corrected one, see
+            :func:`int8_bias_correction`).
     """
     import keras
 
-    kernel, bias = layer.get_weights()
+    kernel, own_bias = layer.get_weights()
+    bias = own_bias if bias is None else np.asarray(bias, dtype=own_bias.dtype)
     copy = keras.layers.Dense(layer.units, activation=layer.activation, name=layer.name)
     copy.build((None, kernel.shape[0]))
     copy.set_weights([kernel - kernel.mean(axis=1, keepdims=True), bias - bias.mean()])
     return copy
 
 
-def with_float_input(model, center_logits: bool = False, input_dtype: str = "float32"):
+def with_float_input(model, center_logits: bool = False, input_dtype: str = "float32",
+                     classifier_bias: np.ndarray | None = None):
     """A copy of a linear ``model`` whose input is float32 0..255 instead of uint8.
 
     Full-integer conversion needs a float input to calibrate; the converter then makes the
@@ -70,6 +76,7 @@ def with_float_input(model, center_logits: bool = False, input_dtype: str = "flo
         center_logits: Replace the softmax classifier by :func:`centered_dense` (same
             probabilities, logits that int8 and float16 represent finely).
         input_dtype: The copy's input dtype (``uint8`` keeps the input and only centres the logits).
+        classifier_bias: With ``center_logits``, the classifier's bias to use instead of its own.
     """
     import keras
 
@@ -82,7 +89,7 @@ def with_float_input(model, center_logits: bool = False, input_dtype: str = "flo
         node_inputs = layer._inbound_nodes[0].input_tensors
         if len(node_inputs) != 1:
             raise ExportError(f"layer {layer.name} has {len(node_inputs)} inputs; only linear models are supported")
-        call = centered_dense(layer) if center_logits and layer.name == CLASSIFIER_LAYER else layer
+        call = centered_dense(layer, classifier_bias) if center_logits and layer.name == CLASSIFIER_LAYER else layer
         result = call(tensors[id(node_inputs[0])])
         tensors[id(layer.output)] = result
         outputs[layer.name] = result
@@ -138,7 +145,8 @@ def export_float32(model, out_path: str | Path) -> Path:
     return out_path
 
 
-def export_int8(model, calibration: np.ndarray, out_path: str | Path) -> Path:
+def export_int8(model, calibration: np.ndarray, out_path: str | Path,
+                classifier_bias: np.ndarray | None = None) -> Path:
     """Full-integer quantization: uint8 input, int8 ops throughout, float32 outputs.
 
     Outputs stay float32 (a final dequantize): an int8 softmax has 1/256 resolution either
@@ -148,6 +156,8 @@ def export_int8(model, calibration: np.ndarray, out_path: str | Path) -> Path:
         model: Keras model with uint8 input (a float-input twin is made for calibration).
         calibration: (N, H, W, 3) uint8 images drawn through the evaluation preprocessing.
         out_path: Destination file.
+        classifier_bias: The classifier's bias in this file instead of the model's (the
+            ``bias`` of :func:`int8_bias_correction`); the kernel, and so the CAM, is unchanged.
 
     Raises:
         ExportError: too few calibration images, or an input quantization other than the
@@ -162,7 +172,7 @@ def export_int8(model, calibration: np.ndarray, out_path: str | Path) -> Path:
         logger.warning("only %d calibration images; %d or more are recommended", len(calibration),
                        RECOMMENDED_CALIBRATION)
 
-    converter = _converter(with_float_input(model, center_logits=True))
+    converter = _converter(with_float_input(model, center_logits=True, classifier_bias=classifier_bias))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = _representative(calibration)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -172,6 +182,80 @@ def export_int8(model, calibration: np.ndarray, out_path: str | Path) -> Path:
     out_path.write_bytes(converter.convert())
     check_uint8_identity_input(out_path)
     return out_path
+
+
+def run_unbound(path: str | Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(probabilities, dequantized feature maps or None) of a .tflite file over (N, H, W, 3) uint8 images.
+
+    For files still being made (no spec bound to them yet); shipped files go through the edge runtime's
+    ``Classifier`` (``export.parity.run_tflite``), which checks their spec.
+    """
+    from edge_runtime.interpreter import make_interpreter
+
+    interpreter, _ = make_interpreter(str(path), 2)
+    index = interpreter.get_input_details()[0]["index"]
+    details = interpreter.get_output_details()
+    probs_out = next(d for d in details if len(d["shape"]) == 2)
+    maps_out = next((d for d in details if len(d["shape"]) == 4), None)
+
+    def value(detail):
+        raw = interpreter.get_tensor(detail["index"])[0]
+        scale, zero_point = detail["quantization"]
+        return (raw.astype(np.float32) - zero_point) * scale if scale else raw.astype(np.float32)
+
+    probs, maps = [], []
+    for image in images:
+        interpreter.set_tensor(index, np.asarray(image, np.uint8)[None])
+        interpreter.invoke()
+        probs.append(value(probs_out))
+        if maps_out is not None:
+            maps.append(value(maps_out))
+    return np.stack(probs), (np.stack(maps) if maps else None)
+
+
+def classifier_bias_correction(int8_maps: np.ndarray, float_maps: np.ndarray, kernel: np.ndarray,
+                               bias: np.ndarray) -> dict:
+    """The classifier bias that cancels the mean int8 error of the pooled features.
+
+    The classifier is linear over the globally average-pooled feature map, so a mean error ``delta``
+    of the pooled features becomes a mean logit error ``delta @ kernel``, the same for every image;
+    subtracting it from the bias removes it (empirical bias correction, Nagel et al. 2019, applied at
+    the classifier). The random part of the error stays.
+
+    Returns:
+        ``bias`` (the corrected bias), ``logit_shift`` (centred: what the correction adds to each
+        class's logit), ``logit_error_std`` (per class, centred: the random part it leaves),
+        ``pooled_error_mean_abs`` and ``pooled_error_std`` (means over channels), and ``images``.
+    """
+    error = np.asarray(int8_maps, np.float64).mean(axis=(1, 2)) - np.asarray(float_maps, np.float64).mean(axis=(1, 2))
+    delta = error.mean(axis=0)
+    shift = -(delta @ np.asarray(kernel, np.float64))
+    logit_error = error @ np.asarray(kernel, np.float64)
+    logit_error -= logit_error.mean(axis=1, keepdims=True)  # softmax sees only differences between classes
+    return {"bias": np.asarray(bias, np.float64) + shift, "logit_shift": (shift - shift.mean()).tolist(),
+            "logit_error_std": logit_error.std(axis=0).tolist(),
+            "pooled_error_mean_abs": float(np.abs(delta).mean()), "pooled_error_std": float(error.std(axis=0).mean()),
+            "images": int(len(error))}
+
+
+def int8_bias_correction(model, calibration: np.ndarray, workdir: str | Path) -> dict:
+    """Measure the int8 trunk's mean error on the calibration images and return the corrected classifier bias.
+
+    Converts the model with its feature-map output to int8 as :func:`export_int8` does (into
+    ``workdir``), runs ``calibration`` through it and through Keras, and hands both feature maps to
+    :func:`classifier_bias_correction`. What it changes on the shipped models' held-out films is in
+    ``training/EXPERIMENTS.md`` ("int8 bias correction"; ``training/experiments/int8_bias_check.py``).
+    """
+    from training.model import CLASSIFIER_LAYER
+
+    cam_model = with_feature_output(model)
+    path = export_int8(cam_model, calibration, Path(workdir) / "bias-correction_int8_cam.tflite")
+    int8_maps = run_unbound(path, calibration)[1]
+    path.unlink()
+    float_maps = np.concatenate([np.asarray(cam_model.predict(calibration[i:i + 64], verbose=0)[1])
+                                 for i in range(0, len(calibration), 64)])
+    kernel, bias = model.get_layer(CLASSIFIER_LAYER).get_weights()
+    return classifier_bias_correction(int8_maps, float_maps, kernel, bias)
 
 
 def check_uint8_identity_input(path: str | Path) -> None:

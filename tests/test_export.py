@@ -138,3 +138,49 @@ def test_too_few_calibration_images_is_an_error(tiny_trained, tmp_path):
     model = keras.saving.load_model(tiny_trained[0] / "model.keras", compile=False)
     with pytest.raises(ExportError, match="at least 50"):
         export_int8(model, np.zeros((10, 64, 64, 3), np.uint8), tmp_path / "x.tflite")
+
+
+def test_the_classifier_bias_correction_cancels_a_mean_feature_error():
+    from export.convert import classifier_bias_correction
+
+    rng = np.random.default_rng(0)
+    float_maps = rng.random((40, 4, 4, 8))
+    offset = rng.normal(0, 0.05, 8)  # a per-channel offset, as int8 rounding leaves in depthwise layers
+    int8_maps = float_maps + offset + rng.normal(0, 0.01, float_maps.shape)
+    kernel, bias = rng.normal(0, 1, (8, 3)), np.array([0.1, -0.2, 0.3])
+    c = classifier_bias_correction(int8_maps, float_maps, kernel, bias)
+    logits_float = float_maps.mean(axis=(1, 2)) @ kernel + bias
+    before = int8_maps.mean(axis=(1, 2)) @ kernel + bias - logits_float
+    after = int8_maps.mean(axis=(1, 2)) @ kernel + c["bias"] - logits_float
+    assert np.abs(before.mean(axis=0)).max() > 0.02  # the offset moves the logits ...
+    assert np.abs(after.mean(axis=0)).max() < 1e-9  # ... and the corrected bias takes it out again
+    assert np.isclose(sum(c["logit_shift"]), 0.0) and c["images"] == 40
+    assert np.allclose(c["logit_error_std"], (before - before.mean(axis=1, keepdims=True)).std(axis=0))
+    assert 0.02 < c["pooled_error_mean_abs"] < 0.08 and 0.001 < c["pooled_error_std"] < 0.005  # 0.01 per cell, over 16 cells
+
+
+def test_the_int8_files_take_the_corrected_bias_and_the_report_says_so(tiny_trained, tiny_model_dir, tmp_path):
+    import keras
+
+    from export.convert import export_int8, run_unbound, with_feature_output
+    from training.model import CLASSIFIER_LAYER
+
+    model = keras.saving.load_model(tiny_trained[0] / "model.keras", compile=False)
+    images = np.random.default_rng(1).integers(0, 256, (60, 64, 64, 3)).astype(np.uint8)
+    kernel, bias = model.get_layer(CLASSIFIER_LAYER).get_weights()
+    pooled = np.asarray(with_feature_output(model).predict(images, verbose=0)[1]).mean(axis=(1, 2))
+    margin = float(np.median((pooled @ kernel + bias) @ np.array([-1.0, 1.0])))  # PNEUMONIA minus NORMAL logit
+    plain = export_int8(with_feature_output(model), images, tmp_path / "plain.tflite")
+    moved = export_int8(with_feature_output(model), images, tmp_path / "moved.tflite",
+                        classifier_bias=bias + np.array([0.0, -margin]))
+    # The override reaches the file: PNEUMONIA's logit lowered by the median margin takes the median film to
+    # about 0.5 (from wherever the tiny model put it); the trunk is the same.
+    (probs_plain, maps_plain), (probs_moved, maps_moved) = run_unbound(plain, images[:8]), run_unbound(moved, images[:8])
+    assert np.array_equal(maps_plain, maps_moved)
+    change = probs_moved[:, 1] - probs_plain[:, 1]
+    assert np.sign(-margin) * change.mean() > 0.1 and np.all(np.sign(-margin) * change >= -0.01)
+    # python -m export corrects by default and records what it measured, in the report and the card's sentence.
+    report = json.loads((tiny_model_dir / "cxr_binary_64_parity.json").read_text())
+    correction = report["int8_bias_correction"]
+    assert correction["images"] == report["calibration_images"] and len(correction["logit_shift"]) == 2
+    assert "int8 classifier bias corrected" in (tiny_model_dir / "cxr_binary_64_parity.md").read_text()
