@@ -190,6 +190,7 @@ def run_unbound(path: str | Path, images: np.ndarray) -> tuple[np.ndarray, np.nd
     For files still being made (no spec bound to them yet); shipped files go through the edge runtime's
     ``Classifier`` (``export.parity.run_tflite``), which checks their spec.
     """
+    from edge_runtime.classifier import _dequantize
     from edge_runtime.interpreter import make_interpreter
 
     interpreter, _ = make_interpreter(str(path), 2)
@@ -197,19 +198,13 @@ def run_unbound(path: str | Path, images: np.ndarray) -> tuple[np.ndarray, np.nd
     details = interpreter.get_output_details()
     probs_out = next(d for d in details if len(d["shape"]) == 2)
     maps_out = next((d for d in details if len(d["shape"]) == 4), None)
-
-    def value(detail):
-        raw = interpreter.get_tensor(detail["index"])[0]
-        scale, zero_point = detail["quantization"]
-        return (raw.astype(np.float32) - zero_point) * scale if scale else raw.astype(np.float32)
-
     probs, maps = [], []
     for image in images:
         interpreter.set_tensor(index, np.asarray(image, np.uint8)[None])
         interpreter.invoke()
-        probs.append(value(probs_out))
+        probs.append(_dequantize(interpreter.get_tensor(probs_out["index"]), probs_out)[0])
         if maps_out is not None:
-            maps.append(value(maps_out))
+            maps.append(_dequantize(interpreter.get_tensor(maps_out["index"]), maps_out)[0])
     return np.stack(probs), (np.stack(maps) if maps else None)
 
 
