@@ -20,11 +20,11 @@ from training.data import TASKS, load_dataset, load_split
 from training.train import predict_probs
 
 from .binding import embed_spec, write_checksums
-from .convert import (ExportError, export_fp16, export_int8, int8_bias_correction, quantization_debug,
+from .convert import (FLOAT_HEAD, ExportError, export_fp16, export_int8, int8_bias_correction, quantization_debug,
                       with_feature_output)
 from .metadata_bridge import write_metadata_external
 from .model_card import write_model_card_for_run
-from .parity import bias_correction_sentence, compare, gate, gate_sentence, run_tflite
+from .parity import bias_correction_sentence, compare, float_head_sentence, gate, gate_sentence, run_tflite
 
 # Keras (TensorFlow) loads only once a model is exported (load_run, export_model, check_parity): --help stays fast.
 
@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-bias-correction", action="store_true",
                    help="keep the classifier's own bias in the int8 files (by default it is corrected for the int8 "
                         "trunk's mean error, measured on the calibration images)")
+    p.add_argument("--float-head", type=int, default=FLOAT_HEAD, metavar="OPS",
+                   help=f"leave the int8 files' first OPS quantizable ops (the stem, then the first block's layers) "
+                        f"in float32, where int8 loses most (default {FLOAT_HEAD}: full integer; the shipped covid model "
+                        "uses 3, training/EXPERIMENTS.md)")
     p.add_argument("--no-metadata", action="store_true", help="skip Android metadata (not for shipping)")
     p.add_argument("--force", action="store_true",
                    help="write the files even when the parity gate fails (debugging only; the exit code stays 3)")
@@ -117,18 +121,21 @@ def sample_sides(args, dataset) -> tuple[np.ndarray, np.ndarray]:
 
 
 def convert_files(model, calibration: np.ndarray, stage: Path, name: str,
-                  bias_correction: dict | None = None) -> list[str]:
+                  bias_correction: dict | None = None, float_head: int = 0) -> list[str]:
     """The four files in ``stage``: float16 and int8, each plain and with the feature-map output; their names.
 
     With ``bias_correction`` (from :func:`export.convert.int8_bias_correction`) the int8 files carry its
-    corrected classifier bias; the float16 files and every file's CAM kernel are the model's own."""
+    corrected classifier bias; the float16 files and every file's CAM kernel are the model's own. ``float_head``:
+    the int8 files' first ops left in float (:func:`export.convert.export_int8`)."""
     cam_model = with_feature_output(model)
     bias = None if bias_correction is None else np.asarray(bias_correction["bias"])
     files = {
         f"{name}_fp16.tflite": lambda p: export_fp16(model, p),
-        f"{name}_int8.tflite": lambda p: export_int8(model, calibration, p, classifier_bias=bias),
+        f"{name}_int8.tflite": lambda p: export_int8(model, calibration, p, classifier_bias=bias,
+                                                     float_head=float_head),
         f"{name}_fp16_cam.tflite": lambda p: export_fp16(cam_model, p),
-        f"{name}_int8_cam.tflite": lambda p: export_int8(cam_model, calibration, p, classifier_bias=bias),
+        f"{name}_int8_cam.tflite": lambda p: export_int8(cam_model, calibration, p, classifier_bias=bias,
+                                                         float_head=float_head),
     }
     for filename, make in files.items():
         logger.info("converting %s", filename)
@@ -218,12 +225,14 @@ def export_model(args) -> dict:
     kernel, bias = (np.asarray(w, dtype=np.float64) for w in model.get_layer(CLASSIFIER_LAYER).get_weights())
     name = spec.name
     stage = Path(tempfile.mkdtemp(prefix=f"export-{name}-"))
-    correction = None if args.no_bias_correction else int8_bias_correction(model, calibration, stage)
-    filenames = convert_files(model, calibration, stage, name, correction)
+    correction = (None if args.no_bias_correction else
+                  int8_bias_correction(model, calibration, stage, float_head=args.float_head))
+    filenames = convert_files(model, calibration, stage, name, correction, float_head=args.float_head)
     spec = write_spec_and_bind(args, spec, kernel, bias, stage, filenames)
 
     report = {"model": name, "keras_model": str(args.model), "validation_images": int(len(val_idx)),
               "calibration_images": int(len(cal_idx)), "calibration": args.calibration,
+              "int8_float_head_ops": int(args.float_head),
               "int8_bias_correction": (None if correction is None else
                                        {k: v for k, v in correction.items() if k != "bias"}), "files": {}}
     report["files"], failures = check_parity(model, spec, kernel, stage, filenames, val_inputs, y_val, keras_probs)
@@ -262,7 +271,8 @@ def write_parity_report(report: dict, stem: Path) -> None:
                      f"{s['auc_delta']:+.4f} | {s['max_prob_diff']:.4f} | {cam} | "
                      f"{'pass' if not s['gate_failures'] else 'FAIL: ' + '; '.join(s['gate_failures'])} |")
     lines += ["", f"{gate_sentence()} CAM r: mean Pearson r between the edge CAM (feature-map output + dense weights) "
-              "and the Keras Grad-CAM, on up to 200 validation images.", "", bias_correction_sentence(report)]
+              "and the Keras Grad-CAM, on up to 200 validation images.", "", bias_correction_sentence(report), "",
+              float_head_sentence(report)]
     if report.get("quantization_debugger_worst_layers"):
         lines += ["", "Worst layers by the TFLite quantization debugger (RMSE / scale):", ""]
         lines += [f"- {r['tensor']}: {r['rmse/scale']:.3f}" for r in report["quantization_debugger_worst_layers"]]

@@ -10,7 +10,7 @@ from pathlib import Path
 from edge_runtime.errors import CxrError
 from edge_runtime.serialize import threshold_rule
 from edge_runtime.spec import ModelSpec
-from export.parity import bias_correction_sentence, gate_sentence
+from export.parity import bias_correction_sentence, float_head_sentence, gate_sentence
 from training.data import TASKS
 
 
@@ -176,7 +176,7 @@ def write_model_card(spec: ModelSpec, validation: dict, parity: dict, out_path: 
         lines.append(f"| {filename} | {s['size_bytes'] / 1024:.1f} | {s['top1_agreement']:.4f} | "
                      f"{s['decision_agreement']:.4f} | {s['auc_delta']:+.4f} | {s['max_prob_diff']:.4f} | "
                      f"{_f(s.get('cam_pearson_r_mean'))} |")
-    lines += ["", gate_sentence(), "", bias_correction_sentence(parity)]
+    lines += ["", gate_sentence(), "", bias_correction_sentence(parity), "", float_head_sentence(parity)]
     lines += [
         "", "## Intended use", "",
         "Offline screening support where no radiologist is at hand: flag chest X-rays that deserve a clinician's "

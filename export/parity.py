@@ -92,3 +92,13 @@ def bias_correction_sentence(report: dict) -> str:
             f"images (training side): pooled-feature error |mean| {c['pooled_error_mean_abs']:.4f} against a spread "
             f"of {c['pooled_error_std']:.4f}; logit shift " + " / ".join(f"{v:+.4f}" for v in c["logit_shift"])
             + " (centred, in label order). The held-out films above were not used for it.")
+
+
+def float_head_sentence(report: dict) -> str:
+    """One sentence on which of the int8 files' ops run in float, for the parity report and the model card."""
+    ops = report.get("int8_float_head_ops", 0)
+    if not ops:
+        return "int8 files: full integer (every op int8; uint8 input, float32 outputs)."
+    return (f"int8 files: the first {ops} quantizable ops (the stem and the first block's layers, where int8 loses "
+            "most) run in float32, every later op in int8; input raw uint8 pixels, outputs float32 "
+            "(`python -m export --float-head 0` makes a full-integer file).")

@@ -57,7 +57,11 @@ def test_quantization_parameters_read_from_tensors(tiny_model_dir):
     interpreter, _ = make_interpreter(tiny_model_dir / "cxr_binary_64_int8.tflite")
     detail = interpreter.get_input_details()[0]
     assert detail["dtype"] == np.uint8
-    assert detail["quantization"] == (1.0, 0)
+    from export.convert import FLOAT_HEAD
+
+    # Raw pixels either way: full integer quantizes the input with scale 1 and zero point 0; a float head
+    # (the default) leaves the uint8 input unquantized and casts it to float inside the graph.
+    assert detail["quantization"] == ((0.0, 0) if FLOAT_HEAD else (1.0, 0))
     fp16, _ = make_interpreter(tiny_model_dir / "cxr_binary_64_fp16.tflite")
     assert fp16.get_input_details()[0]["dtype"] == np.uint8  # raw pixels for every precision
 
@@ -184,3 +188,36 @@ def test_the_int8_files_take_the_corrected_bias_and_the_report_says_so(tiny_trai
     correction = report["int8_bias_correction"]
     assert correction["images"] == report["calibration_images"] and len(correction["logit_shift"]) == 2
     assert "int8 classifier bias corrected" in (tiny_model_dir / "cxr_binary_64_parity.md").read_text()
+
+
+def test_a_float_head_int8_file_runs_its_first_ops_in_float_keeps_raw_pixels_and_agrees_better(tiny_trained,
+                                                                                              tmp_path):
+    import keras
+
+    from edge_runtime.interpreter import make_interpreter
+    from export.convert import ExportError, export_int8, run_unbound, with_feature_output
+
+    model = keras.saving.load_model(tiny_trained[0] / "model.keras", compile=False)
+    images = np.random.default_rng(2).integers(0, 256, (60, 64, 64, 3)).astype(np.uint8)
+    keras_maps = np.asarray(with_feature_output(model).predict(images, verbose=0)[1])
+    full = export_int8(with_feature_output(model), images, tmp_path / "full.tflite")
+    head = export_int8(with_feature_output(model), images, tmp_path / "head.tflite", float_head=3)
+
+    def conv_output_types(path):
+        interpreter, _ = make_interpreter(str(path))
+        tensors = {d["index"]: d for d in interpreter.get_tensor_details()}
+        return [np.dtype(tensors[op["outputs"][0]]["dtype"]) for op in interpreter._get_ops_details()
+                if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+
+    kinds = conv_output_types(head)
+    assert kinds[:3] == [np.dtype(np.float32)] * 3 and set(kinds[3:]) == {np.dtype(np.int8)}  # stem, block 0 float
+    assert set(conv_output_types(full)) == {np.dtype(np.int8)}
+    interpreter, _ = make_interpreter(str(head))
+    detail = interpreter.get_input_details()[0]
+    assert detail["dtype"] == np.uint8 and detail["quantization"] == (0.0, 0)  # raw pixels, cast inside the graph
+    # Less int8 in the path, less error: the feature maps sit closer to Keras's.
+    err_full = np.abs(run_unbound(full, images)[1] - keras_maps).mean()
+    err_head = np.abs(run_unbound(head, images)[1] - keras_maps).mean()
+    assert err_head < err_full
+    with pytest.raises(ExportError, match="every one"):
+        export_int8(model, images, tmp_path / "all.tflite", float_head=999)

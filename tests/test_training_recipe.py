@@ -154,6 +154,54 @@ def test_context_swap_in_the_trainer_uses_masked_adult_donors_only(tmp_path):
     np.testing.assert_array_equal(off._batch(batch)[0], dataset.images[batch])
 
 
+def test_mixup_blends_each_film_with_a_partner_and_its_label_and_masks_alike():
+    from training.augment import mixup
+
+    rng = np.random.default_rng(0)
+    x = np.stack([np.full((8, 8), v, np.uint8) for v in (0, 100, 200, 250)])
+    m = np.zeros((4, 8, 8), np.float32)
+    m[0, :, :2] = 1  # only film 0's lungs on the left, film 1's on the right
+    m[1, :, 6:] = 1
+    y = np.eye(2, dtype=np.float32)[[0, 1, 1, 0]]
+    has = np.array([1, 1, 0, 1], np.float32)
+    out_x, out_m, out_y, out_has = mixup(x, m, y, has, rng, alpha=0.4)
+    assert out_x.dtype == np.float32 and out_y.shape == (4, 2)
+    np.testing.assert_allclose(out_y.sum(axis=1), 1.0, atol=1e-6)
+    values = np.array([0, 100, 200, 250], np.float32)
+    for i in range(4):
+        # the blend is lam * own + (1 - lam) * partner, lam >= 0.5; find the partner that explains the pixels
+        fits = [(j, lam) for j in range(4) for lam in [np.clip((out_x[i, 0, 0] - values[j]) / (values[i] - values[j])
+                if values[i] != values[j] else 1.0, 0, 1)]
+                if lam >= 0.5 - 1e-6 and np.isclose(lam * values[i] + (1 - lam) * values[j], out_x[i, 0, 0], atol=1e-3)
+                and np.allclose(out_y[i], lam * y[i] + (1 - lam) * y[j], atol=1e-5)]
+        assert fits, i
+        j = fits[0][0]
+        np.testing.assert_array_equal(out_m[i], np.maximum(m[i], m[j]))
+        assert out_has[i] == has[i] * has[j]
+    assert not np.array_equal(out_x, x.astype(np.float32))  # something was blended
+
+
+def test_mixup_in_the_trainer_gives_soft_targets_and_off_leaves_one_hot_labels(tmp_path):
+    pytest.importorskip("tensorflow")
+    from training.train import TrainConfig, make_trainer, training_masks
+
+    root, _ = _mixed_root(tmp_path, per_class=12)
+    dataset = load_dataset(root, TASKS["binary"], SPEC, cache_dir=tmp_path / "cache", progress=False)
+    idx = np.arange(len(dataset.samples))
+    config = TrainConfig(data=str(root), out=str(tmp_path / "out"), mixup=0.4, epochs=1, augment=False)
+    masks, has_mask = training_masks(config, dataset, idx)
+    batch = np.random.default_rng(0).permutation(idx)[:32]  # both classes
+    x, _, y, _ = make_trainer(config, dataset, SPEC, masks, has_mask, idx)._batch(batch)
+    assert ((y > 0) & (y < 1)).any() and np.allclose(y.sum(axis=1), 1.0)
+    assert (y.max(axis=1) >= 0.5 - 1e-6).all()
+    off = make_trainer(TrainConfig(data=str(root), out=str(tmp_path / "o2"), augment=False), dataset, SPEC, masks,
+                       has_mask, idx)
+    x0, _, y0, _ = off._batch(batch)
+    np.testing.assert_array_equal(y0, np.eye(2)[dataset.labels[batch]])
+    np.testing.assert_array_equal(x0, dataset.images[batch])
+    assert not np.array_equal(x, x0.astype(np.float32))
+
+
 def test_population_balance_gives_each_class_and_population_an_equal_share(tmp_path):
     from training.train import sampling_weights
 

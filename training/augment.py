@@ -176,3 +176,23 @@ def swap_context(images: np.ndarray, masks: np.ndarray, donors: np.ndarray, dono
         mixed = alpha * image.astype(np.float32) + (1.0 - alpha) * donor.astype(np.float32)
         out[i] = np.clip(np.round(mixed), 0, 255).astype(np.uint8)
     return out
+
+
+def mixup(images: np.ndarray, masks: np.ndarray, targets: np.ndarray, has_mask: np.ndarray,
+          rng: np.random.Generator, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Mixup (Zhang et al. 2018, "mixup: beyond empirical risk minimization") inside one batch.
+
+    Each (H, W) plane is blended with a random partner of the batch, weight lam ~ Beta(alpha, alpha) folded so
+    that the film keeps the larger share (lam >= 0.5); its (B, K) target distribution is blended with the same
+    weight. The lung-heatmap penalty may put heat in either film's lungs (the masks' union), and counts only
+    where both films have a mask. Returns (float32 planes, masks, targets, has_mask).
+    """
+    n = len(images)
+    lam = rng.beta(alpha, alpha, n).astype(np.float32)
+    lam = np.maximum(lam, 1.0 - lam)
+    partner = rng.permutation(n)
+    w = lam[:, None, None]
+    x = w * images.astype(np.float32) + (1.0 - w) * images[partner].astype(np.float32)
+    y = lam[:, None] * targets + (1.0 - lam[:, None]) * targets[partner]
+    return (x, np.maximum(masks, masks[partner]).astype(np.float32), y.astype(np.float32),
+            (has_mask * has_mask[partner]).astype(np.float32))

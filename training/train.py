@@ -20,7 +20,7 @@ import numpy as np
 from edge_runtime.classifier import screening_score
 from edge_runtime.spec import ModelSpec
 
-from .augment import PRESETS, augment_batch, augment_config, swap_context
+from .augment import PRESETS, augment_batch, augment_config, mixup, swap_context
 from .data import (INPUT_SIZE, TASKS, DataError, Source, Task, check_no_leak, load_dataset, load_masks,
                    load_split_sides, save_split, split_halves, split_indices)
 
@@ -57,6 +57,7 @@ class TrainConfig:
     augment: bool = True
     crop_augment: float | None = None  # share of images also cropped and stretched back (None: the preset's)
     context_swap: float = 0.0  # share of masked adult films whose lungs go in another adult film's surroundings
+    mixup: float = 0.0  # alpha of mixup's Beta(alpha, alpha) blend of each film with another of its batch (0: off)
     augment_preset: str = "default"  # training.augment.PRESETS
     balance: str = "population"  # population: equal share per (class, population); class; none
     class_weighting: bool = True  # only with balance="none"
@@ -238,7 +239,10 @@ class _Trainer:
             x = self._swap_context(idx, x)
         if self.augment is not None:
             x, m = self.augment(x, m, self.rng, self.augment_config)
-        return x, m.astype(np.float32), self.labels[idx], self.has_mask[idx]
+        m, y, has = m.astype(np.float32), np.eye(self.num_classes, dtype=np.float32)[self.labels[idx]], self.has_mask[idx]
+        if self.config.mixup:
+            x, m, y, has = mixup(x, m, y, has, self.rng, self.config.mixup)
+        return x, m, y, has
 
     def _swap_context(self, idx: np.ndarray, x: np.ndarray) -> np.ndarray:
         """``config.context_swap`` of the batch's donor-pool films: their lungs in a random donor's surroundings."""
@@ -250,11 +254,11 @@ class _Trainer:
         x[chosen] = swap_context(x[chosen], self.masks[idx[chosen]], self.images[donors], self.masks[donors], self.rng)
         return x
 
-    def _train_step(self, x, m, labels, has):
+    def _train_step(self, x, m, y, has):
+        """One step on planes ``x``, lung masks ``m``, target distributions ``y`` (one-hot unless mixed)."""
         import tensorflow as tf
 
         x = tf.repeat(x[..., None], 3, axis=-1)
-        y = tf.one_hot(labels, self.num_classes)
         sample_weight = tf.reduce_sum(y * self.class_weight[None, :], axis=-1)
         with tf.GradientTape() as tape:
             probs, feats = self.train_model(x, training=True)
@@ -657,6 +661,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of masked adult training films whose lungs are set in another adult film's "
                         "surroundings, so lines, markers and projection stop predicting the label (an experiment, "
                         "training/EXPERIMENTS.md rules 8-9; not the default)")
+    p.add_argument("--mixup", type=float, default=d.mixup,
+                   help="mixup alpha: each training film blended with another of its batch, weight ~ Beta(alpha, "
+                        "alpha) (the larger share kept by the film), labels and lung masks blended alike (0: off; an "
+                        "experiment, training/EXPERIMENTS.md rule 15: not adopted)")
     p.add_argument("--augment-preset", choices=sorted(PRESETS), default=d.augment_preset,
                    help="ranges of the shift augmentation: default, or strong (wider tone curves, margins and "
                         "crops; training/augment.py PRESETS)")

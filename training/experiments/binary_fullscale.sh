@@ -8,6 +8,7 @@
 # Rule 10 (depth: two 256-filter blocks at the last grid): RUNS="D2_s0 D2_s1"
 # Rule 11 (a longer schedule: 40 epochs, no early stop): RUNS="L40_s0 L40_s1"
 # Rule 12 (context swap on the 40-epoch schedule): RUNS="A7L40_s0 A7L40_s1"
+# Rule 15 (mixup on the shipped A7L40 recipe): RUNS="MIX_s0 MIX_s1"
 set -u
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
@@ -24,6 +25,7 @@ for run in ${RUNS:-W125_s0 R1_s1 W125_s1}; do
     D2) extra=(--extra-blocks 2) ;;
     L40) extra=(--epochs 40 --patience 40) ;;
     A7L40) extra=(--context-swap 0.5 --epochs 40 --patience 40) ;;
+    MIX) extra=(--context-swap 0.5 --epochs 40 --patience 40 --mixup 0.4) ;;
     *) echo "unknown variant $variant"; exit 2 ;;
   esac
   out=runs/full/$run

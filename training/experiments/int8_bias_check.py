@@ -35,25 +35,33 @@ def agreement(keras_probs: np.ndarray, probs: np.ndarray, neg: int, threshold: f
             float(np.mean(decide(keras_probs, neg, threshold) == decide(probs, neg, threshold))))
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parser_and_sides(description: str, argv=None, extra=None):
+    """Parse MODEL [--calibration-size] [--seed] (plus ``extra(parser)``'s options) and load what the export would:
+    (args, spec, model, calibration images, held-out inputs, Keras probabilities on them)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("model", type=Path)
     parser.add_argument("--calibration-size", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    if extra is not None:
+        extra(parser)
     args = parser.parse_args(argv)
     run_args = SimpleNamespace(model=args.model, data=None, cache_dir=None, parity_max=0,
                                calibration_size=args.calibration_size, seed=args.seed)
     spec, model, dataset = load_run(run_args)
     cal_idx, val_idx = sample_sides(run_args, dataset)
-    calibration, val_inputs = dataset.rgb(cal_idx), dataset.rgb(val_idx)
     keras_val = predict_probs(model, dataset.images[val_idx])
+    return args, spec, model, dataset.rgb(cal_idx), dataset.rgb(val_idx), keras_val
+
+
+def main(argv=None) -> int:
+    _, spec, model, calibration, val_inputs, keras_val = parser_and_sides(__doc__.splitlines()[0], argv)
 
     with tempfile.TemporaryDirectory(prefix="int8-bias-") as tmp:
         c = int8_bias_correction(model, calibration, tmp)
         before = run_unbound(export_int8(model, calibration, Path(tmp) / "plain.tflite"), val_inputs)[0]
         after = run_unbound(export_int8(model, calibration, Path(tmp) / "corrected.tflite",
                                         classifier_bias=c["bias"]), val_inputs)[0]
-    print(f"{spec.name}: {c['images']} calibration images, {len(val_idx)} held-out films")
+    print(f"{spec.name}: {c['images']} calibration images, {len(val_inputs)} held-out films")
     print(f"pooled-feature error: |mean| {c['pooled_error_mean_abs']:.4f}, spread {c['pooled_error_std']:.4f} "
           "(means over channels)")
     print("logit error on calibration images, per class (centred): mean "
