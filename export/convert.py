@@ -123,6 +123,11 @@ def _representative(calibration: np.ndarray):
     return generate
 
 
+def uint8_representative(images: np.ndarray):
+    """Calibration generator of raw uint8 images, for a model whose input stays uint8 (cast inside the graph)."""
+    return lambda: ([np.asarray(image, np.uint8)[None]] for image in images)
+
+
 def _converter(model):
     import tensorflow as tf
 
@@ -182,7 +187,7 @@ def export_int8(model, calibration: np.ndarray, out_path: str | Path,
     out_path = Path(out_path)
     if float_head:
         out_path.write_bytes(export_int8_float_head(model, calibration, float_head, classifier_bias))
-        check_uint8_identity_input(out_path)
+        check_uint8_identity_input(out_path, quantized=False)
         return out_path
 
     converter = _converter(with_float_input(model, center_logits=True, classifier_bias=classifier_bias))
@@ -212,19 +217,14 @@ def export_int8_float_head(model, calibration: np.ndarray, ops: int,
     """
     import tensorflow as tf
 
-    def pixels(images):
-        return lambda: ([np.asarray(image, np.uint8)[None]] for image in images)
-
     converter = _converter(with_float_input(model, center_logits=True, input_dtype="uint8",
                                             classifier_bias=classifier_bias))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = pixels(calibration)
-    debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=pixels(calibration[:2]))
+    converter.representative_dataset = uint8_representative(calibration)
+    debugger = tf.lite.experimental.QuantizationDebugger(converter=converter,
+                                                         debug_dataset=uint8_representative(calibration[:2]))
     debugger.run()
-    dump = io.StringIO()
-    debugger.layer_statistics_dump(dump)
-    dump.seek(0)
-    quantized = [row["tensor_name"] for row in csv.DictReader(dump)]  # one per quantized op, in graph order
+    quantized = [row["tensor_name"] for row in _layer_statistics(debugger)]  # one per quantized op, in graph order
     if ops >= len(quantized):
         raise ExportError(f"float_head={ops} would leave every one of the {len(quantized)} quantized ops in float")
     logger.info("int8 with its first %d ops in float: %s", ops, ", ".join(_layer_name(t) for t in quantized[:ops]))
@@ -302,15 +302,16 @@ def int8_bias_correction(model, calibration: np.ndarray, workdir: str | Path, fl
     return classifier_bias_correction(int8_maps, float_maps, kernel, bias)
 
 
-def check_uint8_identity_input(path: str | Path) -> None:
+def check_uint8_identity_input(path: str | Path, quantized: bool = True) -> None:
     """Raise ExportError unless the model's input is raw uint8 pixels: quantized with scale 1 and zero point 0
-    (full integer), or not quantized at all (a graph that casts it to float, as the float-head int8 files)."""
+    (full integer), or, with ``quantized=False``, not quantized at all (a graph that casts it to float, as the
+    float-head int8 files)."""
     from edge_runtime.interpreter import make_interpreter
 
     interpreter, _ = make_interpreter(str(path))
     detail = interpreter.get_input_details()[0]
     scale, zero_point = detail["quantization"]
-    raw = (abs(scale - 1.0) <= 1e-6 or scale == 0.0) and zero_point == 0
+    raw = (abs(scale - 1.0) <= 1e-6 if quantized else scale == 0.0) and zero_point == 0
     if detail["dtype"] != np.uint8 or not raw:
         raise ExportError(
             f"{path}: input is {detail['dtype'].__name__} with scale {scale} and zero point {zero_point}; "
@@ -338,11 +339,8 @@ def quantization_debug(model, calibration: np.ndarray, top: int = 5) -> list[dic
     debugger = tf.lite.experimental.QuantizationDebugger(converter=converter,
                                                          debug_dataset=_representative(calibration))
     debugger.run()
-    dump = io.StringIO()
-    debugger.layer_statistics_dump(dump)  # the CSV carries each tensor's scale; layer_statistics does not
-    dump.seek(0)
     rows = []
-    for stats in csv.DictReader(dump):
+    for stats in _layer_statistics(debugger):
         scale = float(stats.get("scale") or "nan")
         rmse = float(np.sqrt(float(stats["mean_squared_error"])))
         rows.append({"tensor": _layer_name(stats["tensor_name"]), "op": stats.get("op_name", ""),
@@ -350,3 +348,12 @@ def quantization_debug(model, calibration: np.ndarray, top: int = 5) -> list[dic
                      "mean_error": float(stats.get("mean_error") or "nan")})
     rows.sort(key=lambda r: -np.nan_to_num(r["rmse/scale"], nan=-1.0))
     return rows[:top]
+
+
+def _layer_statistics(debugger) -> list[dict]:
+    """A run quantization debugger's per-tensor rows, in graph order (the CSV dump carries each tensor's scale;
+    ``layer_statistics`` does not)."""
+    dump = io.StringIO()
+    debugger.layer_statistics_dump(dump)
+    dump.seek(0)
+    return list(csv.DictReader(dump))

@@ -28,8 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from export.convert import (_converter, _representative, export_int8, int8_bias_correction,  # noqa: E402
-                            run_unbound, with_float_input)
+from export.convert import (_converter, export_int8, int8_bias_correction,  # noqa: E402
+                            run_unbound, uint8_representative, with_float_input)
 from training.experiments.int8_bias_check import agreement, parser_and_sides  # noqa: E402
 
 
@@ -39,7 +39,7 @@ def export_16x8(model, calibration: np.ndarray, path: Path, classifier_bias) -> 
     converter = _converter(with_float_input(model, center_logits=True, input_dtype="uint8",
                                             classifier_bias=classifier_bias))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([np.asarray(image, np.uint8)[None]] for image in calibration)
+    converter.representative_dataset = uint8_representative(calibration)
     converter.target_spec.supported_ops = [
         tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
     path.write_bytes(converter.convert())
