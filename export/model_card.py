@@ -27,15 +27,38 @@ def _population_check_line(check: dict | None) -> list[str]:
             "It works with the `*_cam.tflite` files (it reads their feature map); it warns, it does not refuse."]
 
 
-def _population_limits(populations: list) -> list[str]:
+def _population_limits(populations: list, sources=()) -> list[str]:
     if "adults" in populations:
+        covid = any(str(source).startswith("covid19/COVID19") for source in sources)
         return ["- Validated on held-out films of the same sources it was trained on: children aged one to five from "
                 "one hospital (Guangzhou Women and Children's Medical Center) and adults from RSNA / NIH ChestX-ray14 "
-                "(North America). Not shown to work on other hospitals' scanners, on film photographed with a phone, "
+                "(North America)"
+                + (", and COVID-19 films collected from several other hospitals and public sets (COVID-19 Radiography "
+                   "Database)" if covid else "")
+                + ". Not shown to work on other hospitals' scanners, on film photographed with a phone, "
                 "or prospectively; older children and adolescents are not represented."]
     return ["- Trained and validated on children aged one to five from one hospital (Guangzhou Women and Children's "
             "Medical Center) only: not shown to work on adults, on other hospitals' scanners, or on film "
             "photographed with a phone."]
+
+
+def _context_lines(context: dict | None) -> list[str]:
+    """What this model follows on adult films, lungs or surroundings (``context.json`` of context_check.py)."""
+    if not context or "swapped" not in context:
+        return []
+    sw, edits = context["swapped"], context.get("edits", {})
+    outside = edits.get("context outside the lung box")
+    return [f"- Lungs or surroundings, measured on this model (`training/experiments/context_check.py`, "
+            f"{context['films']} held-out adult films with a lung mask"
+            + (f", {context['pneumonia']} pneumonia and {context['normal']} normal" if "pneumonia" in context else "")
+            + "): given one film's lungs set in another film's "
+            f"surroundings ({sw['films']} films), its score ranks them by the lungs' label with AUC "
+            f"{sw['auc_lungs_label']:.2f} (1 = follows the lungs alone, 0 = the surroundings alone, 0.5 = as much one "
+            "as the other)"
+            + (f"; with the whole box around both lungs blacked out, AUC {outside:.2f} (0.5 = nothing read from what "
+               "is left)" if outside is not None else "")
+            + ". A proxy for the portable-film shortcut on one hospital system's films, not a measure of how the model "
+            "does on another hospital's."]
 
 
 def _f(value) -> str:
@@ -109,13 +132,14 @@ def _shift_lines(shift: dict) -> list[str]:
 
 
 def write_model_card(spec: ModelSpec, validation: dict, parity: dict, out_path: str | Path,
-                     by_source: dict | None = None, shift: dict | None = None) -> Path:
+                     by_source: dict | None = None, shift: dict | None = None, context: dict | None = None) -> Path:
     """Render ``MODEL_CARD_<name>.md`` from the JSON records (no figure typed by hand).
 
     Args:
         by_source: Optional ``by_source`` block of a ``python -m training evaluate --split ...`` report
             (default: the validation report's own).
         shift: Optional ``shift.json`` of ``python -m training shift``.
+        context: Optional ``context.json`` of ``training/experiments/context_check.py``.
     """
     # Title, description and populations travel in the spec; specs older than version 2 lack them.
     task = TASKS.get(spec.task)
@@ -182,12 +206,13 @@ def write_model_card(spec: ModelSpec, validation: dict, parity: dict, out_path: 
         "Offline screening support where no radiologist is at hand: flag chest X-rays that deserve a clinician's "
         "attention first. Not for diagnosis, not for excluding disease, not for treatment decisions.", "",
         "## Known limits", "",
-        *_population_limits(populations),
+        *_population_limits(populations, spec.training.get("sources") or ()),
         *_population_check_line(spec.population_check),
         "- Validation only (see above); no external test set, no prospective study.",
         "- Frontal (PA or AP) chest films only; lateral views, CT slices and other body parts are out of scope (the "
         "runtime's quality gate refuses obvious non-X-rays, not every wrong X-ray).",
         *[f"- {text}" for text in (task.limits if task else ())],
+        *_context_lines(context),
     ]
     out_path = Path(out_path)
     out_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -201,16 +226,16 @@ def load_by_source(train_dir: Path) -> dict | None:
 
 
 def write_model_card_for_run(spec: ModelSpec, train_dir: Path, parity: dict, out_path: Path) -> Path | None:
-    """Render a card from a training run's records: ``validation.json``, and ``validation_by_source.json`` and
-    ``shift.json`` when present. Returns None when the run has no ``validation.json``."""
+    """Render a card from a training run's records: ``validation.json``, and ``validation_by_source.json``,
+    ``shift.json`` and ``context.json`` when present. Returns None when the run has no ``validation.json``."""
     train_dir = Path(train_dir)
     validation_path = train_dir / "validation.json"
     if not validation_path.exists():
         return None
-    shift_path = train_dir / "shift.json"
-    shift = json.loads(shift_path.read_text(encoding="utf-8")) if shift_path.exists() else None
+    shift, context = (json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+                      for path in (train_dir / "shift.json", train_dir / "context.json"))
     return write_model_card(spec, json.loads(validation_path.read_text(encoding="utf-8")), parity, out_path,
-                            load_by_source(train_dir), shift)
+                            load_by_source(train_dir), shift, context)
 
 
 def write_model_card_files(spec_path: Path, train_dir: Path, parity_path: Path, out_path: Path) -> Path:

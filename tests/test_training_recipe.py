@@ -132,24 +132,33 @@ def test_context_swap_keeps_the_films_lungs_and_takes_the_donors_surroundings():
     assert not np.array_equal(out, film)
 
 
-def test_context_swap_in_the_trainer_uses_masked_adult_donors_only(tmp_path):
+def _trainers(tmp_path):
+    """A small mixed data set and ``make(**config)``: a trainer over all of it (no augmentation, one epoch)."""
     pytest.importorskip("tensorflow")
     from training.train import TrainConfig, make_trainer, training_masks
 
     root, _ = _mixed_root(tmp_path, per_class=12)
     dataset = load_dataset(root, TASKS["binary"], SPEC, cache_dir=tmp_path / "cache", progress=False)
     idx = np.arange(len(dataset.samples))
-    config = TrainConfig(data=str(root), out=str(tmp_path / "out"), context_swap=1.0, epochs=1, augment=False)
-    masks, has_mask = training_masks(config, dataset, idx)
-    trainer = make_trainer(config, dataset, SPEC, masks, has_mask, idx)
+    masks, has_mask = training_masks(TrainConfig(data=str(root), out=str(tmp_path / "out")), dataset, idx)
+
+    def make(**config):
+        config = TrainConfig(data=str(root), out=str(tmp_path / "out"), epochs=1, augment=False, **config)
+        return make_trainer(config, dataset, SPEC, masks, has_mask, idx)
+
+    return dataset, idx, make
+
+
+def test_context_swap_in_the_trainer_uses_masked_adult_donors_only(tmp_path):
+    dataset, idx, make = _trainers(tmp_path)
+    trainer = make(context_swap=1.0)
     pool = set(trainer.donors.tolist())
     assert pool and all(dataset.samples[i].source.startswith("adult_cxr") for i in pool)
     batch = idx[:32]
     x = trainer._batch(batch)[0]
     changed = {int(i) for i, a, b in zip(batch, x, dataset.images[batch]) if not np.array_equal(a, b)}
     assert changed and changed <= pool  # only masked adult films are swapped; children and unmasked films never
-    off = make_trainer(TrainConfig(data=str(root), out=str(tmp_path / "o2"), augment=False), dataset, SPEC, masks,
-                       has_mask, idx)
+    off = make()
     assert off.donors is None
     np.testing.assert_array_equal(off._batch(batch)[0], dataset.images[batch])
 
@@ -182,24 +191,66 @@ def test_mixup_blends_each_film_with_a_partner_and_its_label_and_masks_alike():
 
 
 def test_mixup_in_the_trainer_gives_soft_targets_and_off_leaves_one_hot_labels(tmp_path):
-    pytest.importorskip("tensorflow")
-    from training.train import TrainConfig, make_trainer, training_masks
-
-    root, _ = _mixed_root(tmp_path, per_class=12)
-    dataset = load_dataset(root, TASKS["binary"], SPEC, cache_dir=tmp_path / "cache", progress=False)
-    idx = np.arange(len(dataset.samples))
-    config = TrainConfig(data=str(root), out=str(tmp_path / "out"), mixup=0.4, epochs=1, augment=False)
-    masks, has_mask = training_masks(config, dataset, idx)
+    dataset, idx, make = _trainers(tmp_path)
     batch = np.random.default_rng(0).permutation(idx)[:32]  # both classes
-    x, _, y, _ = make_trainer(config, dataset, SPEC, masks, has_mask, idx)._batch(batch)
+    x, _, y, _ = make(mixup=0.4)._batch(batch)
     assert ((y > 0) & (y < 1)).any() and np.allclose(y.sum(axis=1), 1.0)
     assert (y.max(axis=1) >= 0.5 - 1e-6).all()
-    off = make_trainer(TrainConfig(data=str(root), out=str(tmp_path / "o2"), augment=False), dataset, SPEC, masks,
-                       has_mask, idx)
-    x0, _, y0, _ = off._batch(batch)
+    x0, _, y0, _ = make()._batch(batch)
     np.testing.assert_array_equal(y0, np.eye(2)[dataset.labels[batch]])
     np.testing.assert_array_equal(x0, dataset.images[batch])
     assert not np.array_equal(x, x0.astype(np.float32))
+
+
+def test_a_teacher_joins_the_targets_by_its_share_and_a_wrong_one_is_refused(tmp_path):
+    dataset, idx, make = _trainers(tmp_path)
+    from training.data import DataError
+    from training.model import build_model
+
+    teacher = build_model(2, SPEC.input_size)
+    teacher.save(tmp_path / "teacher.keras")
+    build_model(3, SPEC.input_size).save(tmp_path / "three.keras")
+    batch = idx[:8]
+    x = np.repeat(dataset.images[batch][..., None].astype(np.float32), 3, axis=-1)
+    y = np.eye(2, dtype=np.float32)[dataset.labels[batch]]
+    taught = np.asarray(teacher(x, training=False))
+    assert not np.allclose(taught, y, atol=0.05)  # the untrained teacher disagrees with the labels
+    for share in (1.0, 0.3):
+        got = np.asarray(make(teacher=str(tmp_path / "teacher.keras"), distill=share).targets(x, y))
+        np.testing.assert_allclose(got, (1 - share) * y + share * taught, atol=1e-5)
+    np.testing.assert_array_equal(make().targets(x, y), y)  # no teacher: the labels alone
+    with pytest.raises(DataError, match="needs"):
+        make(teacher=str(tmp_path / "three.keras"))
+    with pytest.raises(DataError, match="not found"):
+        make(teacher=str(tmp_path / "none.keras"))
+    with pytest.raises(DataError, match="between 0 and 1"):
+        make(teacher=str(tmp_path / "teacher.keras"), distill=1.5)
+    trainer = make(teacher=str(tmp_path / "teacher.keras"))
+    trainer.run_epoch(idx[:64])  # the traced step runs with the teacher inside it
+
+
+def test_a_teacher_that_trained_on_held_out_films_is_refused(tmp_path, caplog):
+    import json
+
+    from training.data import DataError
+    from training.train import check_teacher_split
+
+    root, _ = _mixed_root(tmp_path, per_class=6)
+    dataset = load_dataset(root, TASKS["binary"], SPEC, cache_dir=tmp_path / "cache", progress=False)
+    paths = [s.relpath for s in dataset.samples]
+    sides = {"train": np.arange(0, len(paths) - 4), "val": np.array([len(paths) - 4, len(paths) - 3]),
+             "calibration": np.array([len(paths) - 2, len(paths) - 1])}
+    teacher = tmp_path / "teacher" / "model.keras"
+    teacher.parent.mkdir()
+    split = teacher.parent / "split.json"
+    split.write_text(json.dumps({"train": paths[:-4], "val": paths[-4:-2], "calibration": paths[-2:]}))
+    check_teacher_split(teacher, dataset, sides)  # the same split: nothing held out was taught
+    split.write_text(json.dumps({"train": paths[:-4] + paths[-1:], "val": paths[-4:-2], "calibration": paths[-2:-1]}))
+    with pytest.raises(DataError, match="trained on 1 of this run's held-out films"):
+        check_teacher_split(teacher, dataset, sides)
+    split.unlink()
+    check_teacher_split(teacher, dataset, sides)
+    assert "cannot check" in caplog.text
 
 
 def test_population_balance_gives_each_class_and_population_an_equal_share(tmp_path):

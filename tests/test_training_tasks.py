@@ -59,12 +59,12 @@ def test_backfill_rewrites_a_training_spec_and_refuses_an_exported_one(tmp_path)
         backfill_spec(tmp_path / "cxr_binary_64.spec.json")
 
 
-def _card(spec: ModelSpec, tmp_path) -> str:
+def _card(spec: ModelSpec, tmp_path, **records) -> str:
     from export.model_card import write_model_card
 
     validation = json.loads((BINARY_DIR / "validation.json").read_text(encoding="utf-8"))
     parity = json.loads((ASSETS / "cxr_binary_160_parity.json").read_text(encoding="utf-8"))
-    return write_model_card(spec, validation, parity, tmp_path / "card.md").read_text(encoding="utf-8")
+    return write_model_card(spec, validation, parity, tmp_path / "card.md", **records).read_text(encoding="utf-8")
 
 
 @needs_binary_assets
@@ -85,6 +85,26 @@ def test_model_card_of_an_older_spec_falls_back_to_the_training_record_then_the_
     assert "- Title:" not in card and "- Task: Recorded description" in card
     unknown = _card(spec.replace(task="fourth", training={}), tmp_path)  # a task this checkout does not define
     assert "- Task: fourth" in unknown
+
+
+@needs_binary_assets
+def test_model_card_states_what_its_own_context_check_measured(tmp_path):
+    spec = ModelSpec.load(ASSETS / "cxr_binary_160.spec.json")
+    context = {"films": 12, "edits": {"context outside the lung box": 0.4321},
+               "swapped": {"films": 10, "auc_lungs_label": 0.8765, "auc_context_label": 0.1235}}
+    card = _card(spec, tmp_path, context=context)
+    line = next(x for x in card.splitlines() if x.startswith("- Lungs or surroundings"))
+    assert "12 held-out adult films" in line and "(10 films)" in line
+    assert "AUC 0.88 (1 = follows the lungs alone" in line and "blacked out, AUC 0.43" in line
+    assert "- Lungs or surroundings" not in _card(spec, tmp_path)  # not measured: not claimed
+    covid_sources = spec.replace(training={**spec.training, "sources": ["covid19/COVID19 (adults)"]})
+    assert "and COVID-19 films collected" in _card(covid_sources, tmp_path)  # validated on what it was trained on
+    assert "and COVID-19 films collected" not in _card(spec, tmp_path)
+    shipped = BINARY_DIR / "context.json"
+    if shipped.is_file():  # the shipped card carries the shipped model's own figure
+        figure = json.loads(shipped.read_text(encoding="utf-8"))["swapped"]["auc_lungs_label"]
+        shipped_card = (ASSETS / "MODEL_CARD_cxr_binary_160.md").read_text(encoding="utf-8")
+        assert f"lungs' label with AUC {figure:.2f}" in shipped_card
 
 
 def test_model_card_cli_re_renders_a_shipped_card(tmp_path):

@@ -123,9 +123,11 @@ TASKS: dict[str, Task] = {
             "portable AP films of inpatients with lines, electrodes and 'PORTABLE' markers while most adult normals "
             "are PA outpatient films. Measured (training/EXPERIMENTS.md, context_check.py): a network trained on "
             "these adult films with the lungs and their outline blacked out still tells pneumonia from normal (AUC "
-            "0.74), and given one film's lungs in another film's surroundings this model follows the lungs only "
-            "weakly (AUC 0.58 against the lungs' label): it has partly learnt 'portable film', and may call a "
-            "normal portable film abnormal, or miss pneumonia on a PA film, more often than the figures above say.",
+            "0.74): the surroundings carry the label, and a model can learn 'portable film' instead of pneumonia "
+            "(`--context-swap` in training sets adult films' lungs in other films' surroundings against it; the "
+            "training command above says whether this model had it). Where a model reads 'portable film', it may "
+            "call a normal portable film abnormal, or miss pneumonia on a PA film, more often than the figures "
+            "above say.",
             "COVID-19 films were kept out of training (they all come from other hospitals than the adult normals, and "
             "would teach 'another hospital means pneumonia'); what the model calls them is reported above as a "
             "check on unseen hospitals."),

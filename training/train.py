@@ -58,6 +58,8 @@ class TrainConfig:
     crop_augment: float | None = None  # share of images also cropped and stretched back (None: the preset's)
     context_swap: float = 0.0  # share of masked adult films whose lungs go in another adult film's surroundings
     mixup: float = 0.0  # alpha of mixup's Beta(alpha, alpha) blend of each film with another of its batch (0: off)
+    teacher: str | None = None  # a model.keras of the same task whose outputs join the targets (distillation)
+    distill: float = 0.5  # with a teacher: its share of each target distribution (the label keeps the rest)
     augment_preset: str = "default"  # training.augment.PRESETS
     balance: str = "population"  # population: equal share per (class, population); class; none
     class_weighting: bool = True  # only with balance="none"
@@ -220,6 +222,7 @@ class _Trainer:
         self.augment = augment_batch if config.augment else None
         self.augment_config = augment_config(config.augment_preset, config.crop_augment)
         self.donors = None  # set by make_trainer when config.context_swap: the masked adult training films
+        self.teacher = None  # set by make_trainer when config.teacher: a frozen model of the same task
         self.loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing,
                                                             reduction=None)
         self.optimizer = None
@@ -254,15 +257,25 @@ class _Trainer:
         x[chosen] = swap_context(x[chosen], self.masks[idx[chosen]], self.images[donors], self.masks[donors], self.rng)
         return x
 
+    def targets(self, x, y):
+        """The cross-entropy's targets for RGB inputs ``x`` and label distributions ``y``: ``y`` itself, or with a
+        teacher ``(1 - distill) * y + distill * teacher(x)`` on the same augmented films (soft targets that carry
+        what the teacher learnt of near-ties, e.g. bacterial against viral; Hinton et al. 2015, at temperature 1)."""
+        if self.teacher is None:
+            return y
+        w = self.config.distill
+        return (1.0 - w) * y + w * self.teacher(x, training=False)
+
     def _train_step(self, x, m, y, has):
         """One step on planes ``x``, lung masks ``m``, target distributions ``y`` (one-hot unless mixed)."""
         import tensorflow as tf
 
         x = tf.repeat(x[..., None], 3, axis=-1)
         sample_weight = tf.reduce_sum(y * self.class_weight[None, :], axis=-1)
+        target = self.targets(x, y)
         with tf.GradientTape() as tape:
             probs, feats = self.train_model(x, training=True)
-            ce = tf.reduce_sum(self.loss_fn(y, probs) * sample_weight) / tf.reduce_sum(sample_weight)
+            ce = tf.reduce_sum(self.loss_fn(target, probs) * sample_weight) / tf.reduce_sum(sample_weight)
             # Where the true class's evidence sits: a spatial softmax of its CAM (scale-free, so the
             # penalty cannot be met by shrinking the map), against the lung share of each cell.
             cam = tf.einsum("bhwc,ck->bhwk", feats, self.kernel)
@@ -380,6 +393,46 @@ def load_local_weights(model, path: str | os.PathLike) -> None:
         model.load_weights(path)
 
 
+def load_teacher(path: str | os.PathLike, num_classes: int, input_hw: tuple[int, int]):
+    """A frozen model.keras whose softmax output has ``num_classes`` entries for (height, width) ``input_hw``.
+
+    Raises:
+        DataError: the file is missing, or its input or output does not match the task.
+    """
+    import keras
+
+    if not Path(path).is_file():
+        raise DataError(f"teacher model not found: {path}")
+    teacher = keras.models.load_model(path, compile=False)
+    if tuple(teacher.output.shape[1:]) != (num_classes,) or tuple(teacher.input.shape[1:3]) != tuple(input_hw):
+        raise DataError(f"teacher {path} takes {tuple(teacher.input.shape[1:])} and gives "
+                        f"{tuple(teacher.output.shape[1:])}; this run needs ({input_hw[0]}, {input_hw[1]}, 3) -> "
+                        f"({num_classes},)")
+    teacher.trainable = False
+    return teacher
+
+
+def check_teacher_split(teacher: str | os.PathLike, dataset, sides: dict) -> None:
+    """Refuse a teacher that was trained on any film this run holds out (its soft targets would carry those films'
+    labels into the student and make the held-out figures optimistic). The teacher's training side is read from the
+    ``split.json`` beside it; without one, a warning says the check could not be made.
+
+    Raises:
+        DataError: the teacher's training side holds films of this run's checkpoint or threshold side.
+    """
+    path = Path(teacher).parent / "split.json"
+    if not path.is_file():
+        logger.warning("no split.json beside the teacher %s: cannot check that it never trained on this run's "
+                       "held-out films", teacher)
+        return
+    taught = set(json.loads(path.read_text(encoding="utf-8")).get("train", ()))
+    held = {dataset.samples[i].relpath for side in ("val", "calibration") for i in sides.get(side, ())}
+    leaked = sorted(taught & held)
+    if leaked:
+        raise DataError(f"the teacher {teacher} was trained on {len(leaked)} of this run's held-out films (e.g. "
+                        f"{leaked[:2]}): train the student on the teacher's split (--split {path})")
+
+
 def make_trainer(config: TrainConfig, dataset, spec: ModelSpec, masks: np.ndarray, has_mask: np.ndarray,
                  train_idx: np.ndarray, fake_quant: bool = False) -> "_Trainer":
     """The model (from local weights when given) inside its training loop, compiled for the whole run."""
@@ -399,6 +452,11 @@ def make_trainer(config: TrainConfig, dataset, spec: ModelSpec, masks: np.ndarra
                                             y=dataset.labels[train_idx])
         logger.info("class weights %s", class_weight.tolist())
     trainer = _Trainer(model, config, dataset, masks, has_mask, num_classes, class_weight)
+    if config.teacher:
+        if not 0.0 <= config.distill <= 1.0:
+            raise DataError(f"--distill is the teacher's share of the targets, between 0 and 1; got {config.distill}")
+        trainer.teacher = load_teacher(config.teacher, num_classes, (spec.input_height, spec.input_width))
+        logger.info("distilling from %s (its share of the targets %.2f)", config.teacher, config.distill)
     if config.context_swap:
         # Donors: masked training films of the same population (adults only: the children's films share one
         # hospital and one projection, so their surroundings carry no acquisition confounder to break).
@@ -515,6 +573,8 @@ def train(config: TrainConfig) -> dict:
     started = time.time()
     dataset = load_dataset(config.data, task, spec, cache_dir=config.cache_dir)
     sides = make_split(config, dataset)
+    if config.teacher:
+        check_teacher_split(config.teacher, dataset, sides)
     masks, has_mask = training_masks(config, dataset, sides["train"])
     trainer = make_trainer(config, dataset, spec, masks, has_mask, sides["train"])
     fit_started = time.time()
@@ -609,7 +669,7 @@ def finish(model, config: TrainConfig, dataset, spec: ModelSpec, sides: dict, ma
         "total_seconds": round(time.time() - started, 1), "skipped_files": len(dataset.skipped),
     }
     record = dataclasses.asdict(config)
-    for key in ("data", "out", "weights", "split", "cache_dir", "masks"):
+    for key in ("data", "out", "weights", "teacher", "split", "cache_dir", "masks"):
         if record[key] and record[key] != "none":
             record[key] = portable_path(record[key])
     (out / "config.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -665,6 +725,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mixup alpha: each training film blended with another of its batch, weight ~ Beta(alpha, "
                         "alpha) (the larger share kept by the film), labels and lung masks blended alike (0: off; an "
                         "experiment, training/EXPERIMENTS.md rule 15: not adopted)")
+    p.add_argument("--teacher", type=Path, default=None,
+                   help="a model.keras of the same task (trained on the same split's training side) whose outputs "
+                        "join the targets: distillation, e.g. of an ensemble or a larger model into this one (an "
+                        "experiment, training/EXPERIMENTS.md rule 18)")
+    p.add_argument("--distill", type=float, default=d.distill,
+                   help="with --teacher: the teacher's share of each target distribution (0-1)")
     p.add_argument("--augment-preset", choices=sorted(PRESETS), default=d.augment_preset,
                    help="ranges of the shift augmentation: default, or strong (wider tone curves, margins and "
                         "crops; training/augment.py PRESETS)")
@@ -705,7 +771,7 @@ def main(argv=None) -> int:
     out = args.out or (REPO_ROOT / "android_assets" / "training" / model_name(args.task, args.input_size))
     values = {k: v for k, v in vars(args).items()}
     values.update(data=str(data), out=str(out))
-    for key in ("weights", "split", "cache_dir"):
+    for key in ("weights", "teacher", "split", "cache_dir"):
         values[key] = str(values[key]) if values[key] else None
     values["command"] = "python -m training train " + shlex.join(argv)
     config = TrainConfig(**values)

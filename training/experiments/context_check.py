@@ -1,5 +1,8 @@
 """Is the adult label readable outside the lungs? python training/experiments/context_check.py RUN_DIR [--probe]
 
+Prints a table and writes the figures to RUN_DIR/context.json, which the model card reads (`python -m
+export.model_card`) when RUN_DIR is a shipped model's training folder.
+
 The portable-film confounder (data README): many adult pneumonia films are portable AP films of inpatients, with
 lines, electrodes and "PORTABLE" markers, most adult normals outpatient PA films. If so, the label can be read from
 what surrounds the lungs. Measured on the held-out adult films that have a lung mask (checkpoint and threshold
@@ -18,6 +21,7 @@ sides of RUN_DIR's split), each film edited with its own mask (dilated by 3 px a
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -120,9 +124,13 @@ def main(argv: list[str]) -> int:
           f"({y.sum()} pneumonia, {(1 - y).sum()} normal)\n")
     print("| input | AUC against the lungs' label | AUC against the context's label |")
     print("|---|---|---|")
+    record = {"command": "python training/experiments/context_check.py " + " ".join(argv), "model": args.run.name,
+              "films": int(len(held)), "pneumonia": int(y.sum()),
+              "normal": int((1 - y).sum()), "seed": args.seed, "edits": {}}
     for which in EDITS:
         score = screening_score(predict_probs(model, edit(dataset.images[held], lungs[held], which)), neg)
-        print(f"| {which} | {auc(y, score):.4f} | |")
+        record["edits"][which] = auc(y, score)
+        print(f"| {which} | {record['edits'][which]:.4f} | |")
     rng = np.random.default_rng(args.seed)
     pos, negs = held[y == 1], held[y == 0]
     k = min(len(pos), len(negs))
@@ -130,8 +138,11 @@ def main(argv: list[str]) -> int:
     a = np.concatenate([pos, negs])  # lungs from
     b = np.concatenate([negs, pos])  # context from
     score = screening_score(predict_probs(model, swapped(dataset.images, lungs, a, b)), neg)
-    print(f"| swapped ({2 * k} films) | {auc(positive[a].astype(int), score):.3f} | "
-          f"{auc(positive[b].astype(int), score):.3f} |")
+    record["swapped"] = {"films": int(2 * k), "auc_lungs_label": auc(positive[a].astype(int), score),
+                         "auc_context_label": auc(positive[b].astype(int), score)}
+    print(f"| swapped ({2 * k} films) | {record['swapped']['auc_lungs_label']:.3f} | "
+          f"{record['swapped']['auc_context_label']:.3f} |")
+    (args.run / "context.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
     if args.probe:
         train = run["sides"]["train"] if "train" in run["sides"] else None
