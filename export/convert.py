@@ -232,7 +232,7 @@ def export_int8_float_head(model, calibration: np.ndarray, ops: int,
     return debugger.get_nondebug_quantized_model()
 
 
-def run_unbound(path: str | Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+def run_unbound(path: str | Path, images: np.ndarray, num_threads: int = 2) -> tuple[np.ndarray, np.ndarray | None]:
     """(probabilities, dequantized feature maps or None) of a .tflite file over (N, H, W, 3) uint8 images.
 
     For files still being made (no spec bound to them yet); shipped files go through the edge runtime's
@@ -241,7 +241,7 @@ def run_unbound(path: str | Path, images: np.ndarray) -> tuple[np.ndarray, np.nd
     from edge_runtime.classifier import _dequantize
     from edge_runtime.interpreter import make_interpreter
 
-    interpreter, _ = make_interpreter(str(path), 2)
+    interpreter, _ = make_interpreter(str(path), num_threads)
     index = interpreter.get_input_details()[0]["index"]
     details = interpreter.get_output_details()
     probs_out = next(d for d in details if len(d["shape"]) == 2)
@@ -313,9 +313,10 @@ def check_uint8_identity_input(path: str | Path, quantized: bool = True) -> None
     scale, zero_point = detail["quantization"]
     raw = (abs(scale - 1.0) <= 1e-6 if quantized else scale == 0.0) and zero_point == 0
     if detail["dtype"] != np.uint8 or not raw:
+        wanted = "scale 1, zero point 0" if quantized else "no quantization (cast to float inside the graph)"
         raise ExportError(
             f"{path}: input is {detail['dtype'].__name__} with scale {scale} and zero point {zero_point}; "
-            "raw 0..255 pixels need uint8, scale 1, zero point 0. The calibration images must span 0..255")
+            f"raw 0..255 pixels need uint8 with {wanted}. The calibration images must span 0..255")
 
 
 def _layer_name(tensor_name: str) -> str:

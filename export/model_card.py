@@ -11,7 +11,7 @@ from edge_runtime.errors import CxrError
 from edge_runtime.serialize import threshold_rule
 from edge_runtime.spec import ModelSpec
 from export.parity import bias_correction_sentence, float_head_sentence, gate_sentence
-from training.data import TASKS
+from training.data import COVID19, TASKS
 
 
 def _population_check_line(check: dict | None) -> list[str]:
@@ -29,7 +29,7 @@ def _population_check_line(check: dict | None) -> list[str]:
 
 def _population_limits(populations: list, sources=()) -> list[str]:
     if "adults" in populations:
-        covid = any(str(source).startswith("covid19/COVID19") for source in sources)
+        covid = any(str(source).startswith(COVID19) for source in sources)
         return ["- Validated on held-out films of the same sources it was trained on: children aged one to five from "
                 "one hospital (Guangzhou Women and Children's Medical Center) and adults from RSNA / NIH ChestX-ray14 "
                 "(North America)"

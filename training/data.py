@@ -84,6 +84,7 @@ class Task:
 
 
 KERMANY = "chest_xray/train"
+COVID19 = "covid19/COVID19"  # COVID-19 films, all from other hospitals than any other folder's
 
 KERMANY_CREDIT = (
     "Kermany D., Zhang K., Goldbaum M. (2018), \"Labeled Optical Coherence Tomography (OCT) and Chest X-Ray Images "
@@ -117,7 +118,7 @@ TASKS: dict[str, Task] = {
         description="NORMAL vs PNEUMONIA on chest X-rays of children (Kermany, Guangzhou) and adults (RSNA / NIH films "
                     "via COVID-QU-Ex and the COVID-19 Radiography Database).",
         credits=(KERMANY_CREDIT, ADULT_CREDIT, COVID_CREDIT),
-        unseen_sources=("covid19/COVID19",),
+        unseen_sources=(COVID19,),
         limits=(
             "Adults: the adult films come from one hospital system (RSNA / NIH), and many adult PNEUMONIA films are "
             "portable AP films of inpatients with lines, electrodes and 'PORTABLE' markers while most adult normals "
@@ -155,7 +156,7 @@ TASKS: dict[str, Task] = {
     "covid": Task(
         "covid",
         {
-            "COVID19": (Source("covid19/COVID19", population="adults"),),
+            "COVID19": (Source(COVID19, population="adults"),),
             "NORMAL": (Source(f"{KERMANY}/NORMAL", population="children"),
                        Source("adult_cxr/NORMAL", population="adults"),
                        Source("covid19/NORMAL_ADULT", population="adults")),

@@ -32,7 +32,7 @@ import numpy as np
 from edge_runtime.population import apply_population_check
 from edge_runtime.spec import ModelSpec
 
-from .data import Source, Task, load_dataset, split_halves
+from .data import COVID19, Source, Task, load_dataset, split_halves
 from .shift import PERTURBATIONS, image_rng, perturb
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 #: Sources of each population (below the data root) and the extra unseen adult source.
 CHILD_SOURCES = ("chest_xray/train/NORMAL", "chest_xray/train/PNEUMONIA")
 ADULT_SOURCES = ("adult_cxr/NORMAL", "adult_cxr/PNEUMONIA", "covid19/NORMAL_ADULT")
-UNSEEN_ADULT_SOURCES = ("covid19/COVID19",)
+UNSEEN_ADULT_SOURCES = (COVID19,)
 SHIFT_FAMILIES = tuple(PERTURBATIONS)
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -51,24 +52,20 @@ def export_16x8(model, calibration: np.ndarray, path: Path, classifier_bias) -> 
     return path
 
 
-def run_any(path: Path, images: np.ndarray) -> np.ndarray:
-    """Probabilities of a .tflite file whose input is uint8 or float32."""
+def input_form(path: Path) -> tuple[str, tuple]:
+    """The file's input dtype and quantization (scale, zero point), for the table."""
     from edge_runtime.interpreter import make_interpreter
 
-    interpreter, _ = make_interpreter(str(path), 1)
-    inp = interpreter.get_input_details()[0]
-    out = next(d for d in interpreter.get_output_details() if len(d["shape"]) == 2)
-    probs = []
+    detail = make_interpreter(str(path), 1)[0].get_input_details()[0]
+    return detail["dtype"].__name__, detail["quantization"]
+
+
+def timed_probs(path: Path, images: np.ndarray) -> tuple[np.ndarray, float]:
+    """Probabilities of a .tflite file with uint8 input (``export.convert.run_unbound``, one thread) and the rough
+    ms per image."""
     start = time.perf_counter()
-    for image in images:
-        interpreter.set_tensor(inp["index"], np.asarray(image, inp["dtype"])[None])
-        interpreter.invoke()
-        value = interpreter.get_tensor(out["index"])[0].astype(np.float64)
-        run_any.input = (inp["dtype"].__name__, inp["quantization"])
-        scale, zero = out["quantization"]
-        probs.append((value - zero) * scale if scale else value)
-    run_any.ms = 1000 * (time.perf_counter() - start) / max(1, len(images))
-    return np.stack(probs)
+    probs = run_unbound(path, images, num_threads=1)[0]
+    return probs, 1000 * (time.perf_counter() - start) / max(1, len(images))
 
 
 def probability_error(keras_probs: np.ndarray, probs: np.ndarray) -> str:
@@ -79,11 +76,7 @@ def probability_error(keras_probs: np.ndarray, probs: np.ndarray) -> str:
 
 def flips(keras_probs: np.ndarray, probs: np.ndarray, labels) -> str:
     """Which way the top-1 calls that differ from Keras went, e.g. ``BACTERIAL->VIRAL 3``."""
-    moved = {}
-    for k, q in zip(keras_probs.argmax(1), probs.argmax(1)):
-        if k != q:
-            key = f"{labels[k]}->{labels[q]}"
-            moved[key] = moved.get(key, 0) + 1
+    moved = Counter(f"{labels[k]}->{labels[q]}" for k, q in zip(keras_probs.argmax(1), probs.argmax(1)) if k != q)
     return ", ".join(f"{key} {n}" for key, n in sorted(moved.items())) or "none"
 
 
@@ -101,23 +94,25 @@ def main(argv=None) -> int:
     print("| variant | calibration-side logit error (std, mean over classes) | held-out probability error: RMS (max) | "
           "top-1 agreement | screening-decision agreement | top-1 changes | MB | ms / image (1 thread, rough) |")
     print("|---|---|---|---|---|---|---|---|")
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v != "int8" and v != "16x8" and not v.startswith("float-head-")]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {', '.join(unknown)}: int8, 16x8 or float-head-K")
     with tempfile.TemporaryDirectory(prefix="int8-variants-") as tmp:
-        for variant in args.variants.split(","):
+        for variant in variants:
             path = Path(tmp) / f"{variant}.tflite"
             head = int(variant.rsplit("-", 1)[1]) if variant.startswith("float-head-") else 0
             correction = int8_bias_correction(model, calibration, tmp, float_head=head)
             bias = correction["bias"]
             if variant == "16x8":
                 export_16x8(model, calibration, path, bias)
-            elif variant == "int8" or head:
-                export_int8(model, calibration, path, classifier_bias=bias, float_head=head)
             else:
-                raise SystemExit(f"unknown variant {variant}")
-            probs = run_any(path, val_inputs)
+                export_int8(model, calibration, path, classifier_bias=bias, float_head=head)
+            probs, ms = timed_probs(path, val_inputs)
             top1, dec = agreement(keras_val, probs, spec.negative_index, spec.threshold)
             print(f"| {variant} | {np.mean(correction['logit_error_std']):.4f} | {probability_error(keras_val, probs)} | "
-                  f"{top1:.4f} | {dec:.4f} | {flips(keras_val, probs, spec.labels)} | {path.stat().st_size / 1e6:.3f} | {run_any.ms:.2f} | "
-                  f"input {run_any.input}", flush=True)
+                  f"{top1:.4f} | {dec:.4f} | {flips(keras_val, probs, spec.labels)} | {path.stat().st_size / 1e6:.3f} | "
+                  f"{ms:.2f} | input {input_form(path)}", flush=True)
     return 0
 
 

@@ -20,10 +20,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from edge_runtime.classifier import screening_score  # noqa: E402
+from edge_runtime.classifier import decide, screening_score  # noqa: E402
 from edge_runtime.spec import ModelSpec  # noqa: E402
 from training.data import TASKS, load_dataset  # noqa: E402
 from training.experiments.held_out import SIDES  # noqa: E402
+from training.metrics import binary_metrics  # noqa: E402
 from training.train import REPO_ROOT, predict_probs  # noqa: E402
 
 
@@ -49,11 +50,10 @@ def paired_bootstrap(y, a, b, rounds: int, seed: int = 0) -> tuple[float, float]
     return (float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))) if diffs else (np.nan, np.nan)
 
 
-def at_threshold(y, score, threshold: float) -> str:
-    call = score >= threshold
-    sens = f"{call[y == 1].mean():.3f}" if (y == 1).any() else "-"
-    spec = f"{(~call[y == 0]).mean():.3f}" if (y == 0).any() else "-"
-    return f"{sens} / {spec}"
+def at_threshold(y, probs, spec: ModelSpec) -> str:
+    """Sensitivity / specificity of the shipped decision rule (``edge_runtime.classifier.decide``)."""
+    m = binary_metrics(y, decide(probs, spec.negative_index, spec.threshold) != spec.negative_index)
+    return " / ".join("-" if v != v else f"{v:.3f}" for v in (m["sensitivity"], m["specificity"]))
 
 
 def main(argv=None) -> int:
@@ -68,12 +68,10 @@ def main(argv=None) -> int:
     dataset = load_dataset(REPO_ROOT / spec_a.training.get("data", ""), TASKS[spec_a.task], spec_a, progress=False)
     both = held_out_paths(args.binary_run) & held_out_paths(args.other_run)
     idx = np.array([i for i, s in enumerate(dataset.samples) if s.relpath in both], dtype=np.int64)
-    y = (dataset.labels[idx] != spec_a.labels.index("NORMAL")).astype(int)
-    scores = {}
-    for run, spec in ((args.binary_run, spec_a), (args.other_run, spec_b)):
-        model = keras.models.load_model(run / "model.keras", compile=False)
-        scores[run.name] = screening_score(predict_probs(model, dataset.images[idx]), spec.labels.index("NORMAL"))
-    a, b = scores[args.binary_run.name], scores[args.other_run.name]
+    y = (dataset.labels[idx] != spec_a.negative_index).astype(int)
+    probs = [predict_probs(keras.models.load_model(run / "model.keras", compile=False), dataset.images[idx])
+             for run in (args.binary_run, args.other_run)]
+    a, b = (screening_score(p, spec.negative_index) for p, spec in zip(probs, (spec_a, spec_b)))
     pops = np.array([dataset.samples[i].population for i in idx])
     folders = np.array([str(Path(dataset.samples[i].relpath).parent) for i in idx])
     print(f"{len(idx)} films held out by both splits ({args.binary_run.name}: {spec_a.task}, threshold "
@@ -91,7 +89,7 @@ def main(argv=None) -> int:
         else:  # one class only: no AUC
             ranking = "- | - | -"
         print(f"| {name} | {m.sum()} ({y[m].sum()}) | {ranking} | "
-              f"{at_threshold(y[m], a[m], spec_a.threshold)} | {at_threshold(y[m], b[m], spec_b.threshold)} |")
+              f"{at_threshold(y[m], probs[0][m], spec_a)} | {at_threshold(y[m], probs[1][m], spec_b)} |")
     return 0
 
 
